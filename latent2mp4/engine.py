@@ -1,0 +1,171 @@
+"""Drive any streaming decoder over time chunks and spatial tiles.
+
+The engine knows no model family. A family decoder describes how time splits into chunks
+(`time_chunks`), makes a fresh causal state (`new_state`) and decodes one chunk of one tile with
+that state (`decode_chunk`). The engine owns one state per spatial tile, advances all tiles
+together one chunk at a time, blends and crops tiles exactly as diffusers does, blends
+overlapping time chunks, and yields pixel chunks as soon as they are final. Nothing is
+concatenated along time, so peak memory is bounded by one chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One step of a decoder's time plan, in latent frames `[start, stop)`."""
+
+    start: int
+    stop: int
+    drop: int = 0  # leading decoded frames discarded (a temporal tile's image-like first frame)
+    blend: int = 0  # leading frames cross-faded with the previous chunk's trailing frames
+    emit: int | None = None  # frames passed on; the rest only feeds the next chunk's blend
+
+
+class StreamDecoder(Protocol):
+    """What the engine needs from a family decoder (an `nn.Module` in practice)."""
+
+    @property
+    def upscale(self) -> int:
+        """Pixels of `decode_chunk` output per latent pixel (before `finalize`)."""
+        ...
+
+    def time_chunks(self, num_frames: int) -> list[Chunk]:
+        """Split `num_frames` latent frames into the chunks the reference decodes."""
+        ...
+
+    def new_state(self) -> object:
+        """A fresh causal state for one spatial tile."""
+        ...
+
+    def decode_chunk(self, z: Tensor, state: object) -> Tensor:
+        """Decode latents `(B, C, t, h, w)` in VAE space; returns `(B, C', f, h*up, w*up)`."""
+        ...
+
+    def finalize(self, x: Tensor) -> Tensor:
+        """Map stitched decode space to pixels `(B, 3, f, H, W)` in [-1, 1]."""
+        ...
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Spatial tiles in latent pixels: tile `size` placed every `stride`, as (height, width)."""
+
+    size: tuple[int, int]
+    stride: tuple[int, int]
+
+    @classmethod
+    def from_pixels(
+        cls, size: tuple[int, int], stride: tuple[int, int], ratio: int
+    ) -> TileGrid:
+        """Convert output-pixel tile sizes to latent units; both must be multiples of `ratio`."""
+        for name, value in (("tile size", size), ("tile stride", stride)):
+            if any(v <= 0 or v % ratio for v in value):
+                raise ValueError(f"{name} {value} must be positive multiples of {ratio} pixels")
+        if any(s > t for s, t in zip(stride, size)):
+            raise ValueError(f"tile stride {stride} must not exceed tile size {size}")
+        return cls(
+            size=(size[0] // ratio, size[1] // ratio),
+            stride=(stride[0] // ratio, stride[1] // ratio),
+        )
+
+    def needed(self, h: int, w: int) -> bool:
+        return h > self.size[0] or w > self.size[1]
+
+    def origins(self, h: int, w: int) -> list[list[tuple[int, int]]]:
+        return [
+            [(i, j) for j in range(0, w, self.stride[1])] for i in range(0, h, self.stride[0])
+        ]
+
+
+def blend(prev: Tensor, cur: Tensor, extent: int, dim: int) -> None:
+    """Cross-fade the first positions of `cur` from the last ones of `prev`, in place.
+
+    Matches the `blend_v`/`blend_h`/`blend_t` helpers of diffusers' video VAEs: the weight of
+    `cur` rises by 1/e per position, arithmetic in the tensor dtype with Python-float weights.
+    """
+    e = min(prev.shape[dim], cur.shape[dim], extent)
+    for p in range(e):
+        mixed = prev.select(dim, prev.shape[dim] - e + p) * (1 - p / e) + cur.select(dim, p) * (
+            p / e
+        )
+        cur.select(dim, p).copy_(mixed)
+
+
+def _decode_tiled(
+    decoder: StreamDecoder, z: Tensor, grid: TileGrid, states: list[object], up: int
+) -> Tensor:
+    h, w = z.shape[-2:]
+    origins = grid.origins(h, w)
+    blend_h, blend_w = ((t - s) * up for t, s in zip(grid.size, grid.stride))
+    keep_h, keep_w = (s * up for s in grid.stride)
+    tiles: list[list[Tensor]] = []
+    k = 0
+    for row in origins:
+        tiles.append([])
+        for i, j in row:
+            part = z[..., i : i + grid.size[0], j : j + grid.size[1]]
+            tiles[-1].append(decoder.decode_chunk(part, states[k]))
+            k += 1
+    # Raster order with in-place blends, so later tiles see their neighbours' blended values
+    # (diffusers, autoencoder_kl_wan.py tiled_decode).
+    rows = []
+    for r, row in enumerate(tiles):
+        kept = []
+        for c, tile in enumerate(row):
+            if r > 0:
+                blend(tiles[r - 1][c], tile, blend_h, dim=3)
+            if c > 0:
+                blend(row[c - 1], tile, blend_w, dim=4)
+            kept.append(tile[..., :keep_h, :keep_w])
+        rows.append(torch.cat(kept, dim=4))
+    return torch.cat(rows, dim=3)[..., : h * up, : w * up]
+
+
+def decode_stream(
+    decoder: StreamDecoder,
+    z: Tensor,
+    grid: TileGrid | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Iterator[Tensor]:
+    """Decode VAE-space latents chunk by chunk.
+
+    Parameters
+    ----------
+    z : latents `(B, C, T, h, w)` in VAE space, on any device; each chunk is moved to `device`
+        and cast to `dtype` only when it is decoded.
+    grid : spatial tiles, used only when the latent is larger than one tile.
+
+    Yields
+    ------
+    Pixel chunks `(B, 3, f, H, W)` in [-1, 1] on `device`, in time order; their `f` add up to
+    the decoder's frame count for `T`.
+    """
+    T, h, w = z.shape[2:]
+    tiled = grid is not None and grid.needed(h, w)
+    n_states = sum(len(row) for row in grid.origins(h, w)) if tiled and grid else 1
+    states = [decoder.new_state() for _ in range(n_states)]
+    up = decoder.upscale
+    prev: Tensor | None = None
+    with torch.inference_mode():
+        for chunk in decoder.time_chunks(T):
+            part = z[:, :, chunk.start : chunk.stop].to(device=device, dtype=dtype)
+            if tiled and grid is not None:
+                x = _decode_tiled(decoder, part, grid, states, up)
+            else:
+                x = decoder.decode_chunk(part, states[0])
+            x = x[:, :, chunk.drop :]
+            if prev is not None and chunk.blend:
+                blend(prev, x, chunk.blend, dim=2)
+            prev = x if chunk.blend or chunk.emit is not None else None
+            out = x if chunk.emit is None else x[:, :, : chunk.emit]
+            if out.shape[2]:
+                yield decoder.finalize(out)

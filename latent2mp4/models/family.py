@@ -1,0 +1,30 @@
+"""The record each model family module exports as `FAMILY`; plain data, no behaviour."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+Shapes = Mapping[str, tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class Family:
+    """How weights.py finds, configures and builds one family's decoder."""
+
+    name: str  # matches the `family` field of a preset
+    diffusers_class: str  # `_class_name` in a diffusers `config.json`
+    # Architecture config from a diffusers `config.json` dict (raises KeyError/ValueError).
+    config_from_diffusers: Callable[[Mapping[str, Any]], Any]
+    # Architecture config inferred from decoder tensor shapes (keys already renamed).
+    config_from_shapes: Callable[[Shapes], Any]
+    # Builds the decoder module (a StreamDecoder) from a config; does no I/O.
+    build: Callable[[Any], nn.Module]
+    # Maps checkpoint keys (diffusers, original or ComfyUI naming) to our module's keys; keys
+    # the decoder does not need (encoder, quant_conv) are left out of the result.
+    rename_keys: Callable[[Iterable[str]], dict[str, str]]
+    # Whether a checkpoint's key set holds this family's weights, in any naming it accepts.
+    detect: Callable[[Collection[str]], bool]
