@@ -62,14 +62,12 @@ class TileGrid:
     stride: tuple[int, int]
 
     @classmethod
-    def from_pixels(
-        cls, size: tuple[int, int], stride: tuple[int, int], ratio: int
-    ) -> TileGrid:
+    def from_pixels(cls, size: tuple[int, int], stride: tuple[int, int], ratio: int) -> TileGrid:
         """Convert output-pixel tile sizes to latent units; both must be multiples of `ratio`."""
         for name, value in (("tile size", size), ("tile stride", stride)):
             if any(v <= 0 or v % ratio for v in value):
                 raise ValueError(f"{name} {value} must be positive multiples of {ratio} pixels")
-        if any(s > t for s, t in zip(stride, size)):
+        if any(s > t for s, t in zip(stride, size, strict=False)):
             raise ValueError(f"tile stride {stride} must not exceed tile size {size}")
         return cls(
             size=(size[0] // ratio, size[1] // ratio),
@@ -80,9 +78,7 @@ class TileGrid:
         return h > self.size[0] or w > self.size[1]
 
     def origins(self, h: int, w: int) -> list[list[tuple[int, int]]]:
-        return [
-            [(i, j) for j in range(0, w, self.stride[1])] for i in range(0, h, self.stride[0])
-        ]
+        return [[(i, j) for j in range(0, w, self.stride[1])] for i in range(0, h, self.stride[0])]
 
 
 def blend(prev: Tensor, cur: Tensor, extent: int, dim: int) -> None:
@@ -104,7 +100,7 @@ def _decode_tiled(
 ) -> Tensor:
     h, w = z.shape[-2:]
     origins = grid.origins(h, w)
-    blend_h, blend_w = ((t - s) * up for t, s in zip(grid.size, grid.stride))
+    blend_h, blend_w = ((t - s) * up for t, s in zip(grid.size, grid.stride, strict=False))
     keep_h, keep_w = (s * up for s in grid.stride)
     tiles: list[list[Tensor]] = []
     k = 0

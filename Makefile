@@ -1,0 +1,39 @@
+# Two commands from a fresh clone: `make demo` and `make test`. Everything lives in .venv/.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch; override (e.g. TORCH=torch) on a machine with a GPU.
+TORCH ?= torch==2.13.0
+SAMPLE := out/sample.safetensors
+
+.PHONY: demo test lint bench install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) scripts/make_sample.py $(SAMPLE) --model wan
+	$(VENV)/bin/latent2mp4 decode $(SAMPLE) --decoder preview --overwrite
+	@echo "demo video: $(abspath out/sample.mp4)"
+
+test: install
+	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+lint: install
+	$(VENV)/bin/ruff check latent2mp4 tests scripts
+	$(VENV)/bin/ruff format --check latent2mp4 tests scripts
+
+bench: install
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) scripts/bench.py
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,226 @@
+"""The `latent2mp4` command: parses options, calls the library, prints with rich."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from latent2mp4.errors import Latent2Mp4Error, UsageError
+from latent2mp4.info import describe_file
+from latent2mp4.pipeline import DecodeOptions, build_decoder, check_outputs, plan, run_job
+from latent2mp4.presets import builtin_presets
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Decode video-diffusion latents to video."
+)
+out = Console()
+err = Console(stderr=True)
+
+
+class DecoderKind(str, Enum):
+    vae = "vae"
+    preview = "preview"
+
+
+class Dtype(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Space(str, Enum):
+    auto = "auto"
+    model = "model"
+    vae = "vae"
+
+
+class Layout(str, Enum):
+    BCFHW = "BCFHW"
+    BFCHW = "BFCHW"
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Our errors and Ctrl-C become one line and an exit code; anything else keeps its traceback."""
+    try:
+        yield
+    except Latent2Mp4Error as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("interrupted; partial output removed")
+        raise typer.Exit(130) from None
+
+
+@contextmanager
+def _progress(total: int, label: str, quiet: bool) -> Iterator[Callable[[int], None] | None]:
+    if quiet or not err.is_terminal:
+        yield None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("frames"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+Opt = typer.Option
+
+
+@app.command()
+def decode(
+    inputs: Annotated[list[Path], typer.Argument(help="Latent .safetensors / .latent file(s).")],
+    model: Annotated[str | None, Opt("--model", "-m", help="Preset name (see `presets`).")] = None,
+    preset: Annotated[Path | None, Opt(help="Your own preset YAML.")] = None,
+    vae: Annotated[str | None, Opt(help="VAE folder, single file or Hugging Face repo id.")] = None,
+    out_file: Annotated[Path | None, Opt("--out", "-o", help="Output file.")] = None,
+    out_dir: Annotated[Path | None, Opt(help="Output folder.")] = None,
+    fps: Annotated[
+        float | None, Opt(help="Frame rate (default: file metadata, else preset).")
+    ] = None,
+    key: Annotated[str | None, Opt(help="Tensor name in the file.")] = None,
+    index: Annotated[int, Opt(help="Trajectory step for (steps,B,C,F,H,W) tensors.")] = -1,
+    layout: Annotated[Layout | None, Opt(help="Latent layout (default: preset).")] = None,
+    latent_space: Annotated[
+        Space, Opt(help="model: normalised (diffusers); vae: raw (ComfyUI).")
+    ] = Space.auto,
+    decoder: Annotated[DecoderKind, Opt(help="vae, or preview (no weights).")] = DecoderKind.vae,
+    device: Annotated[str, Opt(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[Dtype, Opt(help="Decode precision.")] = Dtype.auto,
+    tile_size: Annotated[int | None, Opt(help="Spatial tile size in output pixels.")] = None,
+    tile_stride: Annotated[int | None, Opt(help="Spatial tile stride in output pixels.")] = None,
+    no_tile: Annotated[bool, Opt("--no-tile", help="Never tile spatially.")] = False,
+    codec: Annotated[
+        str, Opt(help="h264, h265, vp9, av1, prores, ffv1 or an ffmpeg encoder.")
+    ] = "h264",
+    crf: Annotated[int | None, Opt(help="Constant rate factor (default: codec's).")] = None,
+    bitrate: Annotated[str | None, Opt(help="Target bitrate, e.g. 8M (replaces CRF).")] = None,
+    pix_fmt: Annotated[str | None, Opt(help="Output pixel format, e.g. yuv420p10le.")] = None,
+    lossless: Annotated[
+        bool, Opt("--lossless", help="Bit-exact RGB (libx264rgb QP 0, or FFV1).")
+    ] = False,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace existing outputs.")] = False,
+    skip_existing: Annotated[
+        bool, Opt("--skip-existing", help="Skip inputs whose output exists.")
+    ] = False,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress or notes.")] = False,
+    verbose: Annotated[
+        bool, Opt("--verbose", "-v", help="Log the ffmpeg command and more.")
+    ] = False,
+) -> None:
+    """Decode latents to video with the model's VAE (or the weightless preview)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s")
+    opts = DecodeOptions(
+        model=model,
+        preset=preset,
+        vae=vae,
+        out=out_file,
+        out_dir=out_dir,
+        fps=fps,
+        key=key,
+        index=index,
+        layout=layout.value if layout else None,
+        latent_space=latent_space.value,
+        decoder=decoder.value,
+        device=device,
+        dtype=dtype.value,
+        tile_size=tile_size,
+        tile_stride=tile_stride,
+        no_tile=no_tile,
+        codec=codec,
+        crf=crf,
+        bitrate=bitrate,
+        pix_fmt=pix_fmt,
+        lossless=lossless,
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+    )
+    with _errors():
+        if len(inputs) > 1 and out_file is not None:
+            raise UsageError("--out names one file; use --out-dir with several inputs")
+        for path in inputs:
+            job = plan(path, opts)
+            check_outputs(job, opts)
+            dec = build_decoder(opts, job.preset)
+            with _progress(job.frames * len(job.outputs), path.name, quiet) as progress:
+                results = run_job(job, dec, opts, progress)
+            for r in results:
+                if not quiet:
+                    for note in r.notes:
+                        err.print(f"[dim]note:[/dim] {note}", highlight=False)
+                status = (
+                    "skipped (exists)"
+                    if r.skipped
+                    else f"{r.frames} frames {r.width}x{r.height} @ {r.fps:g} fps"
+                )
+                out.print(f"{r.output}  {status}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def info(path: Annotated[Path, typer.Argument(help="Latent file.")]) -> None:
+    """Tensors, metadata and what each fitting model would decode them to."""
+    with _errors():
+        d = describe_file(path)
+    table = Table(title=str(path), show_edge=False)
+    for col in ("tensor", "dtype", "shape"):
+        table.add_column(col)
+    for name, (dt, shape) in d["tensors"].items():
+        table.add_row(name, dt, str(tuple(shape)))
+    out.print(table)
+    for k, v in d["metadata"].items():
+        out.print(f"[bold]{k}[/bold]: {_short(v)}", highlight=False)
+    fits = Table(title="models that fit", show_edge=False)
+    for col in ("model", "latents", "frames", "resolution", "duration"):
+        fits.add_column(col)
+    for row in d["fits"]:
+        fits.add_row(*row)
+    out.print(fits if d["fits"] else "no preset fits this tensor's channel count")
+
+
+def _short(v: Any, n: int = 200) -> str:
+    s = str(v)
+    return s if len(s) <= n else s[:n] + f"… ({len(s)} chars)"
+
+
+@app.command()
+def presets() -> None:
+    """The built-in model presets."""
+    with _errors():
+        table = Table(show_edge=False)
+        for col in ("name", "aliases", "family", "channels", "ratio", "layout", "fps", "VAE repo"):
+            table.add_column(col)
+        for p in builtin_presets().values():
+            table.add_row(
+                p.name,
+                ", ".join(p.aliases),
+                p.family,
+                str(p.latent_channels),
+                f"{p.spatial_ratio}x/{p.temporal_ratio}x",
+                p.layout,
+                f"{p.fps:g}",
+                p.hub_repo,
+            )
+        out.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except BrokenPipeError:  # `latent2mp4 presets | head`
+        sys.exit(0)

@@ -1,0 +1,45 @@
+"""What `latent2mp4 info` reports about a latent file, as plain data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from latent2mp4.latents import COMFY_MARKER, PREFERRED_KEYS, list_tensors
+from latent2mp4.presets import Preset, builtin_presets
+
+
+def _video_dims(shape: list[int], preset: Preset) -> tuple[int, int, int, int] | None:
+    """(channels, frames, h, w) of a tensor read with the preset's layout, or None."""
+    if len(shape) < 4 or len(shape) > 6:
+        return None
+    c, t = (shape[-4], shape[-3]) if preset.layout == "BCFHW" else (shape[-3], shape[-4])
+    return c, t, shape[-2], shape[-1]
+
+
+def describe_file(path: Path) -> dict[str, Any]:
+    """Tensors `{name: (dtype, shape)}`, metadata, and one row per preset that fits."""
+    tensors, metadata = list_tensors(path)
+    names = [k for k in tensors if k != COMFY_MARKER]
+    key = names[0] if len(names) == 1 else next((k for k in PREFERRED_KEYS if k in tensors), None)
+    fits = []
+    if key is not None:
+        shape = tensors[key][1]
+        for p in builtin_presets().values():
+            dims = _video_dims(shape, p)
+            if dims is None or dims[0] != p.latent_channels:
+                continue
+            _, t, h, w = dims
+            if p.front_pad_multiple > 1 and t % p.front_pad_multiple == 0:
+                t -= p.front_pad_multiple - 1
+            frames = p.frames_out(t)
+            fits.append(
+                (
+                    p.name,
+                    f"{t}×{h}×{w}",
+                    str(frames),
+                    f"{w * p.spatial_ratio}x{h * p.spatial_ratio}",
+                    f"{frames / p.fps:.2f} s @ {p.fps:g} fps",
+                )
+            )
+    return {"tensors": tensors, "metadata": metadata, "fits": fits, "key": key}

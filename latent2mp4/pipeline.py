@@ -1,0 +1,316 @@
+"""decode_file: one latent file in, one video per batch element out. The CLI calls this."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from latent2mp4 import __version__
+from latent2mp4.engine import TileGrid, decode_stream
+from latent2mp4.errors import UsageError
+from latent2mp4.latents import (
+    LatentFile,
+    LatentSpace,
+    denormalise,
+    normalise,
+    read_latent_file,
+    resolve_latent_space,
+    select_video,
+)
+from latent2mp4.models.preview import PreviewDecoder
+from latent2mp4.presets import Preset, builtin_presets, load_preset
+from latent2mp4.video import EncodeOptions, check_output, write_video
+from latent2mp4.weights import load_vae, resolve_vae
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ProgressFn = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Everything `latent2mp4 decode` can be told; defaults are the CLI's defaults."""
+
+    model: str | None = None  # preset name/alias; None: from file metadata or channel count
+    preset: Path | None = None  # a user's own preset YAML (wins over model)
+    vae: str | None = None  # folder, single file or HF repo id; None: the preset's repo
+    out: Path | None = None  # output file (B > 1 adds -0, -1, …)
+    out_dir: Path | None = None  # output folder (name from the input)
+    fps: float | None = None  # None: file metadata, else preset
+    key: str | None = None
+    index: int = -1  # trajectory step for 6-D tensors
+    layout: str | None = None  # BCFHW / BFCHW; None: preset
+    latent_space: LatentSpace = "auto"
+    decoder: Literal["vae", "preview"] = "vae"
+    device: str = "auto"
+    dtype: str = "auto"
+    tile_size: int | None = None  # output pixels; None: preset
+    tile_stride: int | None = None
+    no_tile: bool = False
+    codec: str = "h264"
+    crf: int | None = None
+    bitrate: str | None = None
+    pix_fmt: str | None = None
+    lossless: bool = False
+    overwrite: bool = False
+    skip_existing: bool = False
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    source: Path
+    output: Path
+    frames: int
+    width: int
+    height: int
+    fps: float
+    seconds: float
+    skipped: bool = False
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated latent file: what will be decoded and where it goes (no weights touched yet)."""
+
+    latent: LatentFile
+    preset: Preset
+    z: Tensor  # (B, C, T, h, w) as stored (model or VAE space)
+    space: str
+    outputs: tuple[Path, ...]
+    fps: float
+    notes: tuple[str, ...]
+
+    @property
+    def frames(self) -> int:
+        return self.preset.frames_out(self.z.shape[2])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.z.shape[3] * self.preset.spatial_ratio, self.z.shape[
+            4
+        ] * self.preset.spatial_ratio
+
+
+def pick_preset(opts: DecodeOptions, lf: LatentFile | None = None) -> Preset:
+    if opts.preset is not None:
+        return load_preset(str(opts.preset))
+    if opts.model is not None:
+        return load_preset(opts.model)
+    if lf is not None and lf.meta_model:
+        return load_preset(lf.meta_model)
+    if lf is not None and lf.tensor.ndim >= 4:
+        channels = {lf.tensor.shape[-4], lf.tensor.shape[-3]}
+        fits = [p for p in builtin_presets().values() if p.latent_channels in channels]
+        if len({p.family for p in fits}) == 1 and len({p.latent_channels for p in fits}) == 1:
+            return fits[0]
+        names = ", ".join(p.name for p in fits) or "none"
+        raise UsageError(
+            f"{lf.path}: the file does not name its model; pass --model (fits: {names})"
+        )
+    raise UsageError("pass --model or --preset")
+
+
+def output_paths(source: Path, opts: DecodeOptions, batch: int, suffix: str) -> tuple[Path, ...]:
+    if opts.out is not None:
+        base = opts.out if opts.out.suffix else opts.out.with_suffix(suffix)
+    else:
+        folder = opts.out_dir if opts.out_dir is not None else source.parent
+        base = folder / (source.stem + suffix)
+    if batch == 1:
+        return (base,)
+    return tuple(base.with_name(f"{base.stem}-{b}{base.suffix}") for b in range(batch))
+
+
+def encode_options(opts: DecodeOptions, fps: float, metadata: dict[str, str]) -> EncodeOptions:
+    return EncodeOptions(
+        fps=fps,
+        codec=opts.codec,
+        crf=opts.crf,
+        bitrate=opts.bitrate,
+        pix_fmt=opts.pix_fmt,
+        lossless=opts.lossless,
+        metadata=metadata,
+    )
+
+
+def plan(path: Path, opts: DecodeOptions) -> Job:
+    """Read and validate one latent file and work out its outputs; cheap, no weights."""
+    lf = read_latent_file(path, opts.key)
+    preset = pick_preset(opts, lf)
+    sel = select_video(lf, preset, opts.layout, opts.index)
+    space, why = resolve_latent_space(lf, opts.latent_space)
+    fps = opts.fps or lf.meta_fps or preset.fps
+    suffix = encode_options(opts, fps, {}).default_suffix()
+    outputs = output_paths(path, opts, sel.z.shape[0], suffix)
+    notes = (*sel.notes, f"latent space: {space} ({why})")
+    if opts.decoder == "preview" and preset.preview.approximate:
+        notes += (f"preview colours for {preset.name} are approximate (no published factors)",)
+    return Job(lf, preset, sel.z, space, outputs, fps, notes)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device must be auto, cpu or cuda[:N], not {name}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but PyTorch sees no CUDA device")
+    return device
+
+
+def pick_dtype(name: str, device: torch.device, preset: Preset) -> torch.dtype:
+    if name == "auto":
+        return DTYPES[preset.dtype] if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise UsageError(f"--dtype must be auto, fp32, bf16 or fp16, not {name}")
+    return DTYPES[name]
+
+
+def tile_grid(opts: DecodeOptions, preset: Preset) -> TileGrid | None:
+    if opts.no_tile:
+        return None
+    size = (opts.tile_size,) * 2 if opts.tile_size else preset.tile_size
+    if opts.tile_stride:
+        stride = (opts.tile_stride,) * 2
+    elif opts.tile_size:
+        r = preset.spatial_ratio
+        stride = (max(r, opts.tile_size * 3 // 4 // r * r),) * 2
+    else:
+        stride = preset.tile_stride
+    try:
+        return TileGrid.from_pixels(size, stride, preset.spatial_ratio)
+    except ValueError as e:
+        raise UsageError(f"--tile-size/--tile-stride: {e}") from None
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """A ready decoder plus how to bring a job's latents into its input space."""
+
+    module: nn.Module
+    prepare: Callable[[Job], Tensor]
+    device: torch.device
+    dtype: torch.dtype
+    grid: TileGrid | None
+    description: str
+
+
+def build_decoder(opts: DecodeOptions, preset: Preset) -> Decoder:
+    """Load the VAE (or make the preview decoder) once; it can serve many jobs of this preset."""
+    device = pick_device(opts.device)
+    if opts.decoder == "preview":
+        module = PreviewDecoder(preset).to(device)
+
+        def to_model_space(job: Job) -> Tensor:
+            z = job.z.float()
+            return normalise(z, job.preset.normalization) if job.space == "vae" else z
+
+        return Decoder(module, to_model_space, device, torch.float32, None, "preview (no weights)")
+    dtype = pick_dtype(opts.dtype, device, preset)
+    loaded = load_vae(resolve_vae(opts.vae, preset), preset, device, dtype)
+    norm = loaded.normalization or preset.normalization
+
+    def to_vae_space(job: Job) -> Tensor:
+        # Denormalise in fp32 on the host; chunks are cast to the decode dtype as they go.
+        return denormalise(job.z, norm) if job.space == "model" else job.z.float()
+
+    return Decoder(
+        loaded.decoder, to_vae_space, device, dtype, tile_grid(opts, preset), loaded.description
+    )
+
+
+def to_frames(chunks: Iterable[Tensor]) -> Iterator[np.ndarray]:
+    """Pixel chunks `(1, 3, f, H, W)` in [-1, 1] → uint8 frames `(H, W, 3)`, rounded."""
+    for x in chunks:
+        q = ((x[0].float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+        yield from q.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def _count(frames: Iterable[np.ndarray], progress: ProgressFn | None) -> Iterator[np.ndarray]:
+    for frame in frames:
+        yield frame
+        if progress is not None:
+            progress(1)
+
+
+def run_job(
+    job: Job, decoder: Decoder, opts: DecodeOptions, progress: ProgressFn | None = None
+) -> list[VideoResult]:
+    """Decode every batch element of `job` to its output, streaming frames into ffmpeg."""
+    z = decoder.prepare(job)
+    results = []
+    for b, out in enumerate(job.outputs):
+        if out.exists() and opts.skip_existing:
+            results.append(_skipped(job, out))
+            continue
+        meta = {
+            "latent2mp4_version": __version__,
+            "latent2mp4_model": job.preset.name,
+            "latent2mp4_source": str(job.latent.path),
+            "latent2mp4_key": job.latent.key,
+            "latent2mp4_batch_index": str(b),
+            "comment": f"decoded by latent2mp4 {__version__} ({decoder.description})",
+        }
+        start = time.perf_counter()
+        chunks = decode_stream(
+            decoder.module, z[b : b + 1], decoder.grid, decoder.device, decoder.dtype
+        )
+        info = write_video(
+            _count(to_frames(chunks), progress),
+            out,
+            encode_options(opts, job.fps, meta),
+            opts.overwrite,
+        )
+        notes = job.notes + (
+            ("odd size padded by edge replication for the pixel format",) if info.padded else ()
+        )
+        results.append(
+            VideoResult(
+                job.latent.path,
+                out,
+                info.frames,
+                info.width,
+                info.height,
+                job.fps,
+                time.perf_counter() - start,
+                False,
+                notes,
+            )
+        )
+    return results
+
+
+def _skipped(job: Job, out: Path) -> VideoResult:
+    return VideoResult(
+        job.latent.path, out, 0, 0, 0, job.fps, 0.0, skipped=True, notes=("output exists",)
+    )
+
+
+def check_outputs(job: Job, opts: DecodeOptions) -> None:
+    for out in job.outputs:
+        if not (opts.skip_existing and out.exists()):
+            check_output(out, opts.overwrite)
+
+
+def decode_file(
+    path: str | Path, opts: DecodeOptions | None = None, progress: ProgressFn | None = None
+) -> list[VideoResult]:
+    """Decode one latent file to video(s) with `opts`; returns one result per batch element."""
+    opts = opts or DecodeOptions()
+    job = plan(Path(path), opts)
+    check_outputs(job, opts)
+    if opts.skip_existing and all(out.exists() for out in job.outputs):
+        return [_skipped(job, out) for out in job.outputs]
+    return run_job(job, build_decoder(opts, job.preset), opts, progress)

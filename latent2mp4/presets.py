@@ -1,0 +1,174 @@
+"""Model presets: one YAML file per model in `configs/`, parsed once into a frozen `Preset`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from latent2mp4.errors import UsageError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+Layout = Literal["BCFHW", "BFCHW"]
+FramesRule = Literal["causal", "paired"]
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How model-space latents map to VAE space: `z * std + mean`, or `z / scaling_factor`."""
+
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    scaling_factor: float | None = None
+
+    @classmethod
+    def from_mapping(cls, d: dict[str, Any], source: str) -> Normalization:
+        mean, std, scale = (
+            d.get("latents_mean", d.get("mean")),
+            d.get("latents_std", d.get("std")),
+            d.get("scaling_factor"),
+        )
+        if mean is not None and std is not None:
+            if len(mean) != len(std):
+                raise UsageError(f"{source}: mean has {len(mean)} values but std has {len(std)}")
+            if any(float(s) == 0 for s in std):
+                raise UsageError(f"{source}: std contains 0; latents cannot be de-normalised")
+            return cls(mean=tuple(map(float, mean)), std=tuple(map(float, std)))
+        if scale is not None:
+            if float(scale) == 0:
+                raise UsageError(f"{source}: scaling_factor is 0")
+            return cls(scaling_factor=float(scale))
+        raise UsageError(f"{source}: normalization needs mean and std, or scaling_factor")
+
+    @property
+    def channels(self) -> int | None:
+        return len(self.mean) if self.mean is not None else None
+
+
+@dataclass(frozen=True)
+class Preview:
+    """Linear latent-to-RGB factors for the weightless preview decoder (model-space latents)."""
+
+    factors: tuple[tuple[float, float, float], ...]  # one row per latent channel
+    bias: tuple[float, float, float]
+    approximate: bool  # no published factors: colours are only a rough guess
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    aliases: tuple[str, ...]
+    description: str
+    family: str  # a key of latent2mp4.models.FAMILY_MODULES
+    latent_channels: int
+    spatial_ratio: int
+    temporal_ratio: int
+    layout: Layout
+    frames_rule: FramesRule
+    fps: float
+    normalization: Normalization
+    hub_repo: str
+    hub_subfolder: str
+    tile_size: tuple[int, int]  # output pixels (height, width)
+    tile_stride: tuple[int, int]
+    dtype: str
+    preview: Preview
+    front_pad_multiple: int = 1  # the pipeline pads latent frames at the front to this multiple
+    source: str = ""
+
+    def frames_out(self, t: int) -> int:
+        """Frames the real VAE decodes from `t` latent frames."""
+        if self.frames_rule == "paired" and t % 2 == 0:
+            return self.temporal_ratio * t
+        return 1 + self.temporal_ratio * (t - 1)
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> Preset:
+        try:
+            d = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise UsageError(f"{path}: cannot read preset ({str(e).splitlines()[0]})") from None
+        if not isinstance(d, dict):
+            raise UsageError(f"{path}: a preset must be a YAML mapping")
+        try:
+            prev = d["preview"]
+            preset = cls(
+                name=str(d["name"]),
+                aliases=tuple(d.get("aliases", ())),
+                description=str(d.get("description", d["name"])),
+                family=str(d["family"]),
+                latent_channels=int(d["latent_channels"]),
+                spatial_ratio=int(d["spatial_ratio"]),
+                temporal_ratio=int(d.get("temporal_ratio", 4)),
+                layout=d.get("layout", "BCFHW"),
+                frames_rule=d.get("frames_rule", "causal"),
+                fps=float(d["fps"]),
+                normalization=Normalization.from_mapping(d["normalization"], str(path)),
+                hub_repo=str(d["hub"]["repo"]),
+                hub_subfolder=str(d["hub"].get("subfolder", "vae")),
+                tile_size=_pair(d["tiling"]["size"]),
+                tile_stride=_pair(d["tiling"]["stride"]),
+                dtype=str(d.get("dtype", "fp32")),
+                preview=Preview(
+                    factors=tuple(tuple(map(float, r)) for r in prev["factors"]),
+                    bias=tuple(map(float, prev["bias"])),
+                    approximate=bool(prev.get("approximate", False)),
+                ),
+                front_pad_multiple=int(d.get("front_pad_multiple", 1)),
+                source=str(path),
+            )
+        except KeyError as e:
+            raise UsageError(f"{path}: preset is missing the key {e}") from None
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"{path}: bad preset value ({e})") from None
+        preset._check()
+        return preset
+
+    def _check(self) -> None:
+        where = self.source or self.name
+        if self.layout not in ("BCFHW", "BFCHW"):
+            raise UsageError(f"{where}: layout must be BCFHW or BFCHW, not {self.layout}")
+        if self.frames_rule not in ("causal", "paired"):
+            raise UsageError(f"{where}: frames_rule must be causal or paired")
+        if len(self.preview.factors) != self.latent_channels or len(self.preview.bias) != 3:
+            raise UsageError(
+                f"{where}: preview needs {self.latent_channels} factor rows and 3 biases"
+            )
+        n = self.normalization.channels
+        if n is not None and n != self.latent_channels:
+            raise UsageError(
+                f"{where}: normalization has {n} channels, expected {self.latent_channels}"
+            )
+        if self.fps <= 0:
+            raise UsageError(f"{where}: fps must be positive")
+
+
+def _pair(v: int | list[int]) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def builtin_presets() -> dict[str, Preset]:
+    """All presets in `configs/`, by name."""
+    presets = (Preset.from_yaml(p) for p in sorted(CONFIG_DIR.glob("*.yaml")))
+    return {p.name: p for p in presets}
+
+
+def load_preset(name_or_path: str) -> Preset:
+    """A built-in preset by name or alias, or a user's own YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise UsageError(f"{path}: preset file not found")
+        return Preset.from_yaml(path)
+    presets = builtin_presets()
+    key = name_or_path.lower()
+    for p in presets.values():
+        if key == p.name or key in p.aliases:
+            return p
+    names = ", ".join(sorted(presets))
+    raise UsageError(
+        f"unknown model '{name_or_path}'; choose one of: {names} (or --preset FILE.yaml)"
+    )

@@ -1,0 +1,302 @@
+"""Find VAE weights (folders, single files, the Hugging Face cache) and load a decoder strictly."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import Tensor, nn
+
+from latent2mp4.errors import WeightsError
+from latent2mp4.models import all_families, get_family
+from latent2mp4.models.family import Family
+from latent2mp4.presets import Normalization, Preset
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
+CONTAINER_KEYS = ("state_dict", "model", "module")  # wrappers around .pt/.pth state dicts
+PREFIXES = ("vae.", "first_stage_model.", "model.")  # stripped when they wrap a VAE's keys
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SHOWN_KEYS = 5
+
+
+@dataclass(frozen=True)
+class VaeSource:
+    """Where the weights are: files to read and, for diffusers layouts, the parsed config.json."""
+
+    files: tuple[Path, ...]
+    config: dict[str, Any] | None
+    description: str
+
+
+@dataclass(frozen=True)
+class LoadedVae:
+    decoder: nn.Module  # an engine.StreamDecoder
+    family: Family
+    normalization: Normalization | None  # from config.json; overrides the preset's
+    description: str
+
+
+def resolve_vae(spec: str | None, preset: Preset) -> VaeSource:
+    """Turn `--vae` (or the preset's default repo when None) into files on disk."""
+    if spec is None:
+        return _from_hub(preset.hub_repo, preset.hub_subfolder, default=True)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _from_folder(path)
+    if path.is_file():
+        config = _sibling_config(path)
+        return VaeSource(files=(path,), config=config, description=str(path))
+    if REPO_ID.match(spec) and not spec.startswith((".", "/")):
+        return _from_hub(spec, preset.hub_subfolder, default=False)
+    raise WeightsError(f"{spec}: no such VAE file or folder (nor a Hugging Face repo id)")
+
+
+def _from_folder(path: Path) -> VaeSource:
+    if not (path / "config.json").is_file() and (path / "vae").is_dir():
+        path = path / "vae"  # a whole pipeline folder
+    files = _diffusers_files(path)
+    if not files:
+        singles = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+        if len(singles) == 1:
+            return VaeSource(
+                files=(singles[0],), config=_sibling_config(singles[0]), description=str(singles[0])
+            )
+        raise WeightsError(
+            f"{path}: no VAE weights here (expected {DIFFUSERS_WEIGHTS}.safetensors, a vae/ "
+            "subfolder, or a single weights file)"
+        )
+    config = _read_config(path / "config.json") if (path / "config.json").is_file() else None
+    return VaeSource(files=files, config=config, description=str(path))
+
+
+def _diffusers_files(folder: Path) -> tuple[Path, ...]:
+    index = folder / f"{DIFFUSERS_WEIGHTS}.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (OSError, ValueError, KeyError) as e:
+            raise WeightsError(f"{index}: unreadable shard index ({e})") from None
+        shards = tuple(folder / name for name in sorted(set(weight_map.values())))
+        missing = [str(s) for s in shards if not s.is_file()]
+        if missing:
+            raise WeightsError(f"{index}: shard files missing: {', '.join(missing[:SHOWN_KEYS])}")
+        return shards
+    for suffix in (".safetensors", ".bin"):
+        single = folder / f"{DIFFUSERS_WEIGHTS}{suffix}"
+        if single.is_file():
+            return (single,)
+    return ()
+
+
+def _sibling_config(path: Path) -> dict[str, Any] | None:
+    """A diffusers config.json next to a weights file, if it describes a known VAE class."""
+    cfg_path = path.parent / "config.json"
+    if not cfg_path.is_file():
+        return None
+    config = _read_config(cfg_path)
+    known = {f.diffusers_class for f in all_families()}
+    return config if config.get("_class_name") in known else None
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"{path}: unreadable config.json ({e})") from None
+    if not isinstance(config, dict):
+        raise WeightsError(f"{path}: config.json is not a JSON object")
+    config["_source"] = str(path)
+    return config
+
+
+def _from_hub(repo: str, subfolder: str, default: bool) -> VaeSource:
+    hint = "pass --vae with a diffusers VAE folder, a pipeline folder or a .safetensors/.pth file"
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise WeightsError(f"VAE '{repo}': huggingface_hub is not installed; {hint}") from None
+    patterns = [f"{subfolder}/*.json", f"{subfolder}/*.safetensors"]
+    try:
+        root = snapshot_download(repo, allow_patterns=patterns, local_files_only=True)
+    except Exception:  # noqa: BLE001 - any cache miss means "try the network"
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+            what = "the model's default VAE" if default else "the VAE"
+            raise WeightsError(
+                f"{what} '{repo}' is not in the Hugging Face cache (offline); {hint}"
+            ) from None
+        try:
+            root = snapshot_download(repo, allow_patterns=patterns)
+        except Exception as e:  # noqa: BLE001 - network and hub errors vary by version
+            reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+            raise WeightsError(
+                f"VAE '{repo}' is not cached and could not be downloaded ({reason}); {hint}"
+            ) from None
+    folder = Path(root) / subfolder
+    if not folder.is_dir():
+        folder = Path(root)
+    source = _from_folder(folder)
+    return VaeSource(files=source.files, config=source.config, description=f"{repo} ({folder})")
+
+
+# ---- reading tensors lazily -------------------------------------------------------------------
+
+Reader = Callable[[], Tensor]
+
+
+def _open_tensors(files: tuple[Path, ...]) -> dict[str, tuple[tuple[int, ...], Reader]]:
+    """Key → (shape, loader) over all files; nothing is read until a loader is called."""
+    out: dict[str, tuple[tuple[int, ...], Reader]] = {}
+    for path in files:
+        if path.suffix == ".safetensors":
+            out.update(_safetensors_entries(path))
+        else:
+            out.update(_pickle_entries(path))
+    return out
+
+
+def _safetensors_entries(path: Path) -> dict[str, tuple[tuple[int, ...], Reader]]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise WeightsError(
+            f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})"
+        ) from None
+
+    def reader(key: str) -> Reader:
+        def read() -> Tensor:
+            with safe_open(str(path), framework="pt") as f:
+                return f.get_tensor(key)
+
+        return read
+
+    return {k: (s, reader(k)) for k, s in shapes.items()}
+
+
+def _pickle_entries(path: Path) -> dict[str, tuple[tuple[int, ...], Reader]]:
+    try:
+        # weights_only refuses arbitrary pickled objects; mmap skips reading encoder weights.
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - pickle, zip and unpickler errors have no common base
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise WeightsError(
+            f"{path}: cannot load as a weights-only PyTorch checkpoint ({reason})"
+        ) from None
+    for key in CONTAINER_KEYS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    return {k: (tuple(v.shape), (lambda v=v: v)) for k, v in tensors.items()}
+
+
+def _strip_prefix(entries: dict[str, Any]) -> dict[str, Any]:
+    for prefix in PREFIXES:
+        if any(k.startswith(prefix + "decoder.") for k in entries):
+            return {k[len(prefix) :]: v for k, v in entries.items() if k.startswith(prefix)}
+    return entries
+
+
+def _offenders(keys: set[str]) -> str:
+    shown = sorted(keys)[:SHOWN_KEYS]
+    more = f" (+{len(keys) - len(shown)} more)" if len(keys) > len(shown) else ""
+    return ", ".join(shown) + more
+
+
+def _family_for(
+    keys: list[str], config: dict[str, Any] | None, preset: Preset, where: str
+) -> Family:
+    family = get_family(preset.family)
+    if config is not None:
+        cls = config.get("_class_name")
+        if cls and cls != family.diffusers_class:
+            other = next((f.name for f in all_families() if f.diffusers_class == cls), None)
+            hint = f" (a {other} VAE; pick a {other} --model)" if other else ""
+            raise WeightsError(
+                f"{where}: config.json is {cls}{hint}, "
+                f"but --model {preset.name} needs {family.diffusers_class}"
+            )
+        return family
+    if not family.detect(keys):
+        other = next((f.name for f in all_families() if f is not family and f.detect(keys)), None)
+        hint = f"they look like a {other} VAE" if other else "no known VAE layout matches"
+        raise WeightsError(
+            f"{where}: not {preset.family} VAE weights for --model {preset.name} ({hint})"
+        )
+    return family
+
+
+def normalization_from_config(config: Mapping[str, Any] | None) -> Normalization | None:
+    """latents_mean/std or scaling_factor from a diffusers config.json, as pipelines read them."""
+    if not config:
+        return None
+    mean, std = config.get("latents_mean"), config.get("latents_std")
+    if mean is not None and std is not None:
+        return Normalization.from_mapping(
+            {"mean": mean, "std": std}, config.get("_source", "config.json")
+        )
+    if config.get("scaling_factor") is not None:
+        return Normalization.from_mapping(
+            {"scaling_factor": config["scaling_factor"]}, "config.json"
+        )
+    return None
+
+
+def load_vae(
+    source: VaeSource, preset: Preset, device: torch.device | str, dtype: torch.dtype
+) -> LoadedVae:
+    """Build the preset's family decoder on `meta` and load the weights strictly onto `device`."""
+    where = source.description
+    entries = _strip_prefix(_open_tensors(source.files))
+    family = _family_for(list(entries), source.config, preset, where)
+    mapping = family.rename_keys(entries)
+    shapes = {dst: entries[src][0] for src, dst in mapping.items()}
+    try:
+        if source.config is not None:
+            config = family.config_from_diffusers(source.config)
+        else:
+            config = family.config_from_shapes(shapes)
+    except (KeyError, ValueError, TypeError) as e:
+        cfg_where = source.config.get("_source", where) if source.config else where
+        raise WeightsError(
+            f"{cfg_where}: cannot build the {family.name} decoder config ({e})"
+        ) from None
+    with torch.device("meta"):
+        decoder = family.build(config)
+    expected = {k: tuple(v.shape) for k, v in decoder.state_dict().items()}
+    missing, unexpected = set(expected) - set(shapes), set(shapes) - set(expected)
+    if missing:
+        raise WeightsError(
+            f"{where}: checkpoint lacks {len(missing)} decoder weights: {_offenders(missing)}"
+        )
+    if unexpected:
+        raise WeightsError(
+            f"{where}: checkpoint has {len(unexpected)} unexpected decoder weights: "
+            + _offenders(unexpected)
+        )
+    wrong = {f"{k} {shapes[k]}≠{v}" for k, v in expected.items() if shapes[k] != v}
+    if wrong:
+        raise WeightsError(f"{where}: weights do not fit the config: {_offenders(wrong)}")
+    state = {}
+    for src, dst in mapping.items():
+        t = entries[src][1]()
+        state[dst] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+    decoder.load_state_dict(state, strict=True, assign=True)
+    leftovers = [n for n, t in [*decoder.named_parameters(), *decoder.named_buffers()] if t.is_meta]
+    assert not leftovers, f"decoder tensors not loaded: {leftovers[:SHOWN_KEYS]}"
+    decoder.eval()
+    return LoadedVae(
+        decoder=decoder,
+        family=family,
+        normalization=normalization_from_config(source.config),
+        description=where,
+    )
