@@ -203,18 +203,14 @@ def presets() -> None:
     """The built-in model presets."""
     with _errors():
         table = Table(show_edge=False)
-        for col in ("name", "aliases", "family", "channels", "ratio", "layout", "fps", "VAE repo"):
-            table.add_column(col)
+        for col in ("name", "aliases", "channels", "scale", "fps", "default VAE"):
+            table.add_column(
+                col, no_wrap=col != "aliases", min_width=12 if col == "aliases" else None
+            )
         for p in builtin_presets().values():
+            scale = f"{p.spatial_ratio}x{p.temporal_ratio}"
             table.add_row(
-                p.name,
-                ", ".join(p.aliases),
-                p.family,
-                str(p.latent_channels),
-                f"{p.spatial_ratio}x/{p.temporal_ratio}x",
-                p.layout,
-                f"{p.fps:g}",
-                p.hub_repo,
+                p.name, " ".join(p.aliases), str(p.latent_channels), scale, f"{p.fps:g}", p.hub_repo
             )
         out.print(table)
 

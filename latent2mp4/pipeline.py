@@ -219,6 +219,7 @@ def build_decoder(opts: DecodeOptions, preset: Preset) -> Decoder:
 
         return Decoder(module, to_model_space, device, torch.float32, None, "preview (no weights)")
     dtype = pick_dtype(opts.dtype, device, preset)
+    grid = tile_grid(opts, preset)
     loaded = load_vae(resolve_vae(opts.vae, preset), preset, device, dtype)
     norm = loaded.normalization or preset.normalization
 
@@ -226,9 +227,7 @@ def build_decoder(opts: DecodeOptions, preset: Preset) -> Decoder:
         # Denormalise in fp32 on the host; chunks are cast to the decode dtype as they go.
         return denormalise(job.z, norm) if job.space == "model" else job.z.float()
 
-    return Decoder(
-        loaded.decoder, to_vae_space, device, dtype, tile_grid(opts, preset), loaded.description
-    )
+    return Decoder(loaded.decoder, to_vae_space, device, dtype, grid, loaded.description)
 
 
 def to_frames(chunks: Iterable[Tensor]) -> Iterator[np.ndarray]:

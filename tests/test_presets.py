@@ -1,0 +1,74 @@
+from pathlib import Path
+
+import pytest
+
+from latent2mp4.errors import UsageError
+from latent2mp4.presets import builtin_presets, load_preset
+
+FPS = {
+    "wan": 16,
+    "wan2.2": 24,
+    "hunyuan": 15,
+    "cogvideox": 8,
+    "cogvideox-5b": 8,
+    "cogvideox1.5": 16,
+}
+
+
+def test_every_builtin_preset_loads_with_its_fps_and_shape():
+    presets = builtin_presets()
+    assert set(presets) == set(FPS)
+    for name, p in presets.items():
+        assert p.fps == FPS[name]
+        assert len(p.preview.factors) == p.latent_channels
+    assert presets["wan2.2"].latent_channels == 48 and presets["wan2.2"].spatial_ratio == 16
+    assert presets["cogvideox"].layout == "BFCHW" and presets["wan"].layout == "BCFHW"
+    assert presets["hunyuan"].normalization.scaling_factor == 0.476986
+    assert presets["cogvideox"].normalization.scaling_factor == 1.15258426
+    assert presets["cogvideox-5b"].normalization.scaling_factor == 0.7
+    assert len(presets["wan2.2"].normalization.mean) == 48
+
+
+@pytest.mark.parametrize(
+    "alias,name",
+    [("wan2.1", "wan"), ("hunyuanvideo", "hunyuan"), ("cogvideox-2b", "cogvideox"), ("WAN", "wan")],
+)
+def test_aliases_resolve(alias, name):
+    assert load_preset(alias).name == name
+
+
+@pytest.mark.parametrize(
+    "t,causal,paired", [(1, 1, 1), (2, 5, 8), (13, 49, 49), (21, 81, 81), (22, 85, 88)]
+)
+def test_frame_count_rules(t, causal, paired):
+    assert load_preset("wan").frames_out(t) == causal
+    assert load_preset("cogvideox").frames_out(t) == paired
+
+
+def test_unknown_model_lists_choices():
+    with pytest.raises(UsageError, match="unknown model 'sdxl'.*wan2.2"):
+        load_preset("sdxl")
+
+
+def test_user_preset_file(tmp_path: Path):
+    text = (Path(__file__).parents[1] / "configs" / "wan.yaml").read_text()
+    own = tmp_path / "mine.yaml"
+    own.write_text(text.replace("name: wan", "name: mine").replace("fps: 16", "fps: 30"))
+    p = load_preset(str(own))
+    assert (p.name, p.fps, p.family) == ("mine", 30.0, "wan")
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (("fps: 16", "fps: -1"), "fps"),
+        (("family: wan\n", ""), "family"),
+        (("layout: BCFHW", "layout: XYZ"), "layout"),
+    ],
+)
+def test_bad_user_presets_are_usage_errors(tmp_path: Path, edit, message):
+    text = (Path(__file__).parents[1] / "configs" / "wan.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace(*edit))
+    with pytest.raises(UsageError, match=message):
+        load_preset(str(bad))
