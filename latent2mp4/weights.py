@@ -124,8 +124,12 @@ def _from_hub(repo: str, subfolder: str, default: bool) -> VaeSource:
     except ImportError:
         raise WeightsError(f"VAE '{repo}': huggingface_hub is not installed; {hint}") from None
     patterns = [f"{subfolder}/*.json", f"{subfolder}/*.safetensors"]
+    # Read at call time: huggingface_hub freezes its cache location when first imported.
+    cache = os.environ.get("HF_HUB_CACHE") or None
     try:
-        root = snapshot_download(repo, allow_patterns=patterns, local_files_only=True)
+        root = snapshot_download(
+            repo, allow_patterns=patterns, local_files_only=True, cache_dir=cache
+        )
     except Exception:  # noqa: BLE001 - any cache miss means "try the network"
         if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
             what = "the model's default VAE" if default else "the VAE"
@@ -133,7 +137,7 @@ def _from_hub(repo: str, subfolder: str, default: bool) -> VaeSource:
                 f"{what} '{repo}' is not in the Hugging Face cache (offline); {hint}"
             ) from None
         try:
-            root = snapshot_download(repo, allow_patterns=patterns)
+            root = snapshot_download(repo, allow_patterns=patterns, cache_dir=cache)
         except Exception as e:  # noqa: BLE001 - network and hub errors vary by version
             reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
             raise WeightsError(
