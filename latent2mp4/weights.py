@@ -216,6 +216,14 @@ def _offenders(keys: set[str]) -> str:
     return ", ".join(shown) + more
 
 
+def _same_shape(got: tuple[int, ...], want: tuple[int, ...]) -> bool:
+    # 1x1 convs stored where a family uses Linear (ComfyUI's HunyuanVideo attention) differ only
+    # by trailing singleton axes; the family's load hook reshapes them.
+    while len(got) > len(want) and got[-1] == 1:
+        got = got[:-1]
+    return got == want
+
+
 def _family_for(
     keys: list[str], config: dict[str, Any] | None, preset: Preset, where: str
 ) -> Family:
@@ -287,7 +295,7 @@ def load_vae(
             f"{where}: checkpoint has {len(unexpected)} unexpected decoder weights: "
             + _offenders(unexpected)
         )
-    wrong = {f"{k} {shapes[k]}≠{v}" for k, v in expected.items() if shapes[k] != v}
+    wrong = {f"{k} {shapes[k]}≠{v}" for k, v in expected.items() if not _same_shape(shapes[k], v)}
     if wrong:
         raise WeightsError(f"{where}: weights do not fit the config: {_offenders(wrong)}")
     state = {}
