@@ -15,9 +15,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from latent2mp4.batch import (
+    Batch,
+    Input,
+    Outcome,
+    append_report,
+    collect_inputs,
+    parse_shard,
+    shard,
+)
 from latent2mp4.errors import Latent2Mp4Error, UsageError
 from latent2mp4.info import describe_file
-from latent2mp4.pipeline import DecodeOptions, build_decoder, check_outputs, plan, run_job
+from latent2mp4.pipeline import DecodeOptions, Job, validate
 from latent2mp4.presets import builtin_presets
 
 app = typer.Typer(
@@ -64,9 +73,10 @@ def _errors() -> Iterator[None]:
 
 
 @contextmanager
-def _progress(total: int, label: str, quiet: bool) -> Iterator[Callable[[int], None] | None]:
+def _progress_factory(quiet: bool) -> Iterator[Callable[[Job], Callable[[int], None] | None]]:
+    """Yields `on_job(job)`, which starts a progress bar for one file and returns its counter."""
     if quiet or not err.is_terminal:
-        yield None
+        yield lambda job: None
         return
     columns = (
         TextColumn("{task.description}"),
@@ -76,8 +86,12 @@ def _progress(total: int, label: str, quiet: bool) -> Iterator[Callable[[int], N
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=err, transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
+
+        def on_job(job: Job) -> Callable[[int], None]:
+            task = bar.add_task(job.latent.path.name, total=job.frames * len(job.outputs))
+            return lambda n: bar.advance(task, n)
+
+        yield on_job
 
 
 Opt = typer.Option
@@ -85,7 +99,17 @@ Opt = typer.Option
 
 @app.command()
 def decode(
-    inputs: Annotated[list[Path], typer.Argument(help="Latent .safetensors / .latent file(s).")],
+    inputs: Annotated[
+        list[str],
+        typer.Argument(help="Latent files, folders or glob patterns.", show_default=False),
+    ],
+    recursive: Annotated[
+        bool, Opt("--recursive", "-r", help="Search folders recursively.")
+    ] = False,
+    shard_spec: Annotated[
+        str | None, Opt("--shard", help="Take the K-th of N slices of the sorted inputs (K/N).")
+    ] = None,
+    report: Annotated[Path | None, Opt(help="Write one JSON line per input to this file.")] = None,
     model: Annotated[str | None, Opt("--model", "-m", help="Preset name (see `presets`).")] = None,
     preset: Annotated[Path | None, Opt(help="Your own preset YAML.")] = None,
     vae: Annotated[str | None, Opt(help="VAE folder, single file or Hugging Face repo id.")] = None,
@@ -152,24 +176,65 @@ def decode(
         skip_existing=skip_existing,
     )
     with _errors():
-        if len(inputs) > 1 and out_file is not None:
-            raise UsageError("--out names one file; use --out-dir with several inputs")
-        for path in inputs:
-            job = plan(path, opts)
-            check_outputs(job, opts)
-            dec = build_decoder(opts, job.preset)
-            with _progress(job.frames * len(job.outputs), path.name, quiet) as progress:
-                results = run_job(job, dec, opts, progress)
-            for r in results:
-                if not quiet:
-                    for note in r.notes:
-                        err.print(f"[dim]note:[/dim] {note}", highlight=False)
-                status = (
-                    "skipped (exists)"
-                    if r.skipped
-                    else f"{r.frames} frames {r.width}x{r.height} @ {r.fps:g} fps"
-                )
-                out.print(f"{r.output}  {status}", highlight=False, soft_wrap=True)
+        validate(opts, len(inputs))
+        items = collect_inputs(inputs, recursive)
+        if shard_spec:
+            items = shard(items, *parse_shard(shard_spec))
+        if not items:
+            raise UsageError("no latent files (.safetensors, .latent) found in the inputs")
+        single = len(items) == 1 and not Path(inputs[0]).is_dir()
+        with _progress_factory(quiet) as on_job:
+            outcomes = [_report(o, single, quiet, report) for o in _run(items, opts, on_job)]
+    failed = [o for o in outcomes if o.error is not None]
+    if not single:
+        _summary(outcomes)
+    if failed:
+        raise typer.Exit(failed[0].exit_code if single else 1)
+
+
+def _run(items: list[Input], opts: DecodeOptions, on_job: Callable) -> Iterator[Outcome]:
+    batch = Batch(opts, on_job)
+    for item in items:
+        yield batch.run_one(item)
+
+
+def _report(o: Outcome, single: bool, quiet: bool, report: Path | None) -> Outcome:
+    if report is not None:
+        append_report(report, o)
+    if o.error is not None:
+        err.print(f"[red]error:[/red] {o.error}", highlight=False, soft_wrap=True)
+        return o
+    for r in o.results:
+        if not quiet:
+            for note in r.notes:
+                err.print(f"[dim]note:[/dim] {note}", highlight=False, soft_wrap=True)
+        if r.skipped:
+            status = "skipped (exists)"
+        else:
+            status = f"{r.frames} frames {r.width}x{r.height} @ {r.fps:g} fps"
+        if single:
+            out.print(f"{r.output}  {status}", highlight=False, soft_wrap=True)
+    return o
+
+
+def _summary(outcomes: list[Outcome]) -> None:
+    table = Table(title="latent2mp4 decode", show_edge=False)
+    for col in ("file", "frames", "resolution", "seconds", "status"):
+        table.add_column(col, overflow="fold")
+    for o in outcomes:
+        rec = o.record()
+        res = f"{rec['width']}x{rec['height']}" if rec["width"] else "-"
+        style = {"ok": "green", "skipped": "yellow", "failed": "red"}[o.status]
+        table.add_row(
+            str(o.source),
+            str(rec["frames"]),
+            res,
+            f"{o.seconds:.1f}",
+            f"[{style}]{o.status}[/{style}]",
+        )
+    out.print(table)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed")}
+    out.print(", ".join(f"{n} {s}" for s, n in counts.items()))
 
 
 @app.command()

@@ -120,12 +120,17 @@ def pick_preset(opts: DecodeOptions, lf: LatentFile | None = None) -> Preset:
     raise UsageError("pass --model or --preset")
 
 
-def output_paths(source: Path, opts: DecodeOptions, batch: int, suffix: str) -> tuple[Path, ...]:
+def output_paths(
+    source: Path, opts: DecodeOptions, batch: int, suffix: str, root: Path | None = None
+) -> tuple[Path, ...]:
+    """Next to the input, or under --out-dir mirroring the input's place below `root`."""
     if opts.out is not None:
         base = opts.out if opts.out.suffix else opts.out.with_suffix(suffix)
+    elif opts.out_dir is not None:
+        below = source.parent.relative_to(root) if root is not None else Path()
+        base = opts.out_dir / below / (source.stem + suffix)
     else:
-        folder = opts.out_dir if opts.out_dir is not None else source.parent
-        base = folder / (source.stem + suffix)
+        base = source.parent / (source.stem + suffix)
     if batch == 1:
         return (base,)
     return tuple(base.with_name(f"{base.stem}-{b}{base.suffix}") for b in range(batch))
@@ -143,15 +148,18 @@ def encode_options(opts: DecodeOptions, fps: float, metadata: dict[str, str]) ->
     )
 
 
-def plan(path: Path, opts: DecodeOptions) -> Job:
-    """Read and validate one latent file and work out its outputs; cheap, no weights."""
+def plan(path: Path, opts: DecodeOptions, root: Path | None = None) -> Job:
+    """Read and validate one latent file and work out its outputs; cheap, no weights.
+
+    `root` is the folder an input was found under, mirrored below --out-dir.
+    """
     lf = read_latent_file(path, opts.key)
     preset = pick_preset(opts, lf)
     sel = select_video(lf, preset, opts.layout, opts.index)
     space, why = resolve_latent_space(lf, opts.latent_space)
     fps = opts.fps or lf.meta_fps or preset.fps
     suffix = encode_options(opts, fps, {}).default_suffix()
-    outputs = output_paths(path, opts, sel.z.shape[0], suffix)
+    outputs = output_paths(path, opts, sel.z.shape[0], suffix, root)
     notes = (*sel.notes, f"latent space: {space} ({why})")
     if opts.decoder == "preview" and preset.preview.approximate:
         notes += (f"preview colours for {preset.name} are approximate (no published factors)",)
@@ -248,12 +256,14 @@ def run_job(
     job: Job, decoder: Decoder, opts: DecodeOptions, progress: ProgressFn | None = None
 ) -> list[VideoResult]:
     """Decode every batch element of `job` to its output, streaming frames into ffmpeg."""
-    z = decoder.prepare(job)
+    z: Tensor | None = None
     results = []
     for b, out in enumerate(job.outputs):
         if out.exists() and opts.skip_existing:
             results.append(_skipped(job, out))
             continue
+        if z is None:
+            z = decoder.prepare(job)
         meta = {
             "latent2mp4_version": __version__,
             "latent2mp4_model": job.preset.name,
@@ -297,6 +307,37 @@ def _skipped(job: Job, out: Path) -> VideoResult:
     )
 
 
+def all_skipped(job: Job, opts: DecodeOptions) -> list[VideoResult] | None:
+    """Results for a job whose every output exists under --skip-existing; None otherwise."""
+    if opts.skip_existing and all(out.exists() for out in job.outputs):
+        return [_skipped(job, out) for out in job.outputs]
+    return None
+
+
+def validate(opts: DecodeOptions, n_inputs: int = 1) -> None:
+    """Usage errors that do not depend on any input file, raised before any work starts."""
+    if n_inputs > 1 and opts.out is not None:
+        raise UsageError("--out names one file; use --out-dir with several inputs")
+    if opts.out is not None and opts.out_dir is not None:
+        raise UsageError("--out and --out-dir exclude each other")
+    if opts.overwrite and opts.skip_existing:
+        raise UsageError("--overwrite and --skip-existing exclude each other")
+    preset = (
+        load_preset(str(opts.preset) if opts.preset else opts.model)
+        if (opts.preset or opts.model)
+        else None
+    )
+    device = pick_device(opts.device)
+    if preset is not None:
+        pick_dtype(opts.dtype, device, preset)
+        if opts.decoder == "vae":
+            tile_grid(opts, preset)
+    enc = encode_options(opts, opts.fps or 1.0, {})
+    enc.check(
+        opts.out if opts.out is not None and opts.out.suffix else Path("x" + enc.default_suffix())
+    )
+
+
 def check_outputs(job: Job, opts: DecodeOptions) -> None:
     for out in job.outputs:
         if not (opts.skip_existing and out.exists()):
@@ -308,8 +349,10 @@ def decode_file(
 ) -> list[VideoResult]:
     """Decode one latent file to video(s) with `opts`; returns one result per batch element."""
     opts = opts or DecodeOptions()
+    validate(opts)
     job = plan(Path(path), opts)
     check_outputs(job, opts)
-    if opts.skip_existing and all(out.exists() for out in job.outputs):
-        return [_skipped(job, out) for out in job.outputs]
+    skipped = all_skipped(job, opts)
+    if skipped is not None:
+        return skipped
     return run_job(job, build_decoder(opts, job.preset), opts, progress)

@@ -1,0 +1,152 @@
+"""Many latent files in one run: input expansion, sharding, one VAE load, per-file outcomes."""
+
+from __future__ import annotations
+
+import glob
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from latent2mp4.errors import Latent2Mp4Error, UsageError
+from latent2mp4.pipeline import (
+    DecodeOptions,
+    Decoder,
+    Job,
+    ProgressFn,
+    VideoResult,
+    all_skipped,
+    build_decoder,
+    check_outputs,
+    plan,
+    run_job,
+)
+
+LATENT_SUFFIXES = (".safetensors", ".latent")
+
+
+@dataclass(frozen=True)
+class Input:
+    path: Path
+    root: Path | None  # the folder it was found under (mirrored below --out-dir)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one input file."""
+
+    source: Path
+    results: tuple[VideoResult, ...] = ()
+    error: str | None = None
+    exit_code: int = 0
+    seconds: float = 0.0
+    frames_total: int = 0
+
+    @property
+    def status(self) -> str:
+        if self.error is not None:
+            return "failed"
+        return "skipped" if self.results and all(r.skipped for r in self.results) else "ok"
+
+    def record(self) -> dict[str, object]:
+        """One JSON-able line for --report."""
+        first = self.results[0] if self.results else None
+        return {
+            "input": str(self.source),
+            "status": self.status,
+            "outputs": [str(r.output) for r in self.results],
+            "frames": sum(r.frames for r in self.results),
+            "width": first.width if first else None,
+            "height": first.height if first else None,
+            "fps": first.fps if first else None,
+            "seconds": round(self.seconds, 3),
+            "error": self.error,
+        }
+
+
+def collect_inputs(specs: Iterable[str | Path], recursive: bool = False) -> list[Input]:
+    """Files, folders (their latent files; all levels with `recursive`) and glob patterns.
+
+    Sorted and de-duplicated, so every process sees the same order (for --shard).
+    """
+    found: dict[Path, Input] = {}
+    for spec in map(str, specs):
+        path = Path(spec)
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            for p in sorted(path.glob(pattern)):
+                if p.is_file() and p.suffix in LATENT_SUFFIXES and not p.name.startswith("."):
+                    found.setdefault(p.resolve(), Input(p, path))
+        elif not path.exists() and glob.has_magic(spec):
+            matches = sorted(Path(m) for m in glob.glob(spec, recursive=recursive))
+            if not matches:
+                raise UsageError(f"{spec}: no files match this pattern")
+            for p in matches:
+                if p.is_file():
+                    found.setdefault(p.resolve(), Input(p, None))
+        else:
+            found.setdefault(path.resolve() if path.exists() else path, Input(path, None))
+    return sorted(found.values(), key=lambda i: str(i.path))
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`K/N` (1-based K) → (K, N)."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard must look like K/N (e.g. 2/8), not {text!r}") from None
+    if not 1 <= k <= n:
+        raise UsageError(f"--shard {text}: K must be between 1 and N")
+    return k, n
+
+
+def shard(inputs: list[Input], k: int, n: int) -> list[Input]:
+    """The K-th of N interleaved slices of the sorted inputs: disjoint, covering, stable."""
+    return inputs[k - 1 :: n]
+
+
+@dataclass
+class Batch:
+    """Decodes inputs one by one, loading each preset's decoder once."""
+
+    opts: DecodeOptions
+    on_job: Callable[[Job], ProgressFn | None] = lambda job: None
+    decoders: dict[str, Decoder | Latent2Mp4Error] = field(default_factory=dict)
+
+    def decoder_for(self, job: Job) -> Decoder:
+        key = job.preset.source or job.preset.name
+        if key not in self.decoders:
+            try:
+                self.decoders[key] = build_decoder(self.opts, job.preset)
+            except Latent2Mp4Error as e:  # remembered: every file of this preset fails the same way
+                self.decoders[key] = e
+        cached = self.decoders[key]
+        if isinstance(cached, Latent2Mp4Error):
+            raise cached
+        return cached
+
+    def run_one(self, item: Input) -> Outcome:
+        start = time.perf_counter()
+        try:
+            job = plan(item.path, self.opts, item.root)
+            check_outputs(job, self.opts)
+            results = all_skipped(job, self.opts)
+            if results is None:
+                results = run_job(job, self.decoder_for(job), self.opts, self.on_job(job))
+        except Latent2Mp4Error as e:
+            return Outcome(
+                item.path, error=str(e), exit_code=e.exit_code, seconds=time.perf_counter() - start
+            )
+        except (torch.OutOfMemoryError, MemoryError):
+            msg = f"{item.path}: out of memory while decoding; try a smaller --tile-size or --dtype"
+            return Outcome(item.path, error=msg, exit_code=1, seconds=time.perf_counter() - start)
+        return Outcome(item.path, tuple(results), seconds=time.perf_counter() - start)
+
+
+def append_report(path: Path, outcome: Outcome) -> None:
+    """One JSON line per input, written as each finishes so an interrupted batch keeps its log."""
+    with path.open("a") as f:
+        f.write(json.dumps(outcome.record()) + "\n")
