@@ -176,8 +176,8 @@ def decode(
         skip_existing=skip_existing,
     )
     with _errors():
-        validate(opts, len(inputs))
         items = collect_inputs(inputs, recursive)
+        validate(opts, len(items))
         if shard_spec:
             items = shard(items, *parse_shard(shard_spec))
         if not items:

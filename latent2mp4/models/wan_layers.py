@@ -1,0 +1,160 @@
+"""Primitive layers of the Wan 2.1 / 2.2 VAE decoder, with an explicit causal state.
+
+Attribute names equal the diffusers parameter paths (`AutoencoderKLWan`), so state dicts load
+without renaming. Every module works on `(B, C, T, H, W)` tensors; temporal context lives in a
+`WanState` that the caller passes in, one per spatial tile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+CACHE_T = 2  # frames of input history a kernel-3 causal conv keeps (diffusers' CACHE_T)
+
+
+@dataclass
+class WanState:
+    """Causal state of one spatial tile: the last input frames of every temporal conv."""
+
+    started: bool = False  # False until the first chunk (the image-like frame) is decoded
+    cache: dict[nn.Module, Tensor] = field(default_factory=dict)
+
+
+class CausalConv3d(nn.Conv3d):
+    """Conv3d, zero-padded in space and causally in time from the cached history.
+
+    Chunked calls equal one call over the whole sequence with 2 zero frames in front. An absent
+    cache entry means "start of sequence", which is also what the temporal upsampler's "Rep"
+    marker amounts to in diffusers (`autoencoder_kl_wan.py`, `WanResample`).
+    """
+
+    def __init__(self, dim: int, out_dim: int, kernel: tuple[int, int, int]) -> None:
+        super().__init__(dim, out_dim, kernel, padding=(0, kernel[1] // 2, kernel[2] // 2))
+        assert kernel[0] == CACHE_T + 1
+
+    def forward(self, x: Tensor, state: WanState) -> Tensor:  # type: ignore[override]
+        prev = state.cache.get(self)
+        if prev is None:
+            x = F.pad(x, (0, 0, 0, 0, CACHE_T, 0))
+        else:
+            x = torch.cat([prev, x], dim=2)
+        state.cache[self] = x[:, :, -CACHE_T:].clone()
+        return super().forward(x)
+
+
+class RMSNorm(nn.Module):
+    """L2 norm over channels times sqrt(C) and `gamma` (diffusers `WanRMS_norm`, no bias).
+
+    `images` only selects the stored `gamma` shape, `(C, 1, 1)` versus `(C, 1, 1, 1)`, to match
+    the checkpoint; any input with channels on dim 1 is accepted.
+    """
+
+    def __init__(self, dim: int, images: bool = False) -> None:
+        super().__init__()
+        self.scale = dim**0.5
+        self.gamma = nn.Parameter(torch.ones(dim, *(1,) * (2 if images else 3)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # diffusers >= 0.38 normalises sub-fp32 inputs in fp32, then casts back before scaling.
+        n = F.normalize(x.float() if x.element_size() < 4 else x, dim=1).to(x.dtype)
+        return n * self.scale * self.gamma.view(-1, *(1,) * (x.ndim - 2))
+
+
+class ResBlock(nn.Module):
+    """Pre-norm residual block: two kernel-3 causal convs, 1x1x1 shortcut when widths differ."""
+
+    def __init__(self, dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm(dim)
+        self.conv1 = CausalConv3d(dim, out_dim, (3, 3, 3))
+        self.norm2 = RMSNorm(out_dim)
+        self.conv2 = CausalConv3d(out_dim, out_dim, (3, 3, 3))
+        self.conv_shortcut = nn.Conv3d(dim, out_dim, 1) if dim != out_dim else None
+
+    def forward(self, x: Tensor, state: WanState) -> Tensor:
+        skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
+        x = self.conv1(F.silu(self.norm1(x)), state)
+        x = self.conv2(F.silu(self.norm2(x)), state)
+        return x + skip
+
+
+class Attention(nn.Module):
+    """Single-head self-attention within each frame (no temporal mixing, so no state)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = RMSNorm(dim, images=True)
+        self.to_qkv = nn.Conv2d(dim, 3 * dim, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, t, h, w = x.shape
+        # Tokens of one frame form one sequence; the 1x1 convs act as linear maps on channels.
+        y = self.norm(x).permute(0, 2, 3, 4, 1).reshape(b * t, 1, h * w, c)
+        q, k, v = F.linear(y, self.to_qkv.weight.flatten(1), self.to_qkv.bias).chunk(3, dim=-1)
+        y = F.scaled_dot_product_attention(q, k, v)
+        y = F.linear(y, self.proj.weight.flatten(1), self.proj.bias)
+        return x + y.view(b, t, h, w, c).permute(0, 4, 1, 2, 3)
+
+
+class Upsample(nn.Module):
+    """Optional causal temporal x2 (`time_conv`), then nearest x2 in space and a 3x3 conv."""
+
+    def __init__(self, dim: int, out_dim: int, temporal: bool) -> None:
+        super().__init__()
+        # Index 0 is the parameter-free nearest upsample in the checkpoint's `resample` Sequential.
+        self.resample = nn.ModuleList([nn.Identity(), nn.Conv2d(dim, out_dim, 3, padding=1)])
+        self.time_conv = CausalConv3d(dim, 2 * dim, (3, 1, 1)) if temporal else None
+
+    def forward(self, x: Tensor, state: WanState) -> Tensor:
+        if self.time_conv is not None:
+            x = self._double_time(x, state)
+        # Nearest copies values, so doing it in the input dtype equals diffusers' float32 round
+        # trip (`WanUpsample`) bit for bit without the extra full-size copies.
+        x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest-exact")
+        conv = self.resample[1]
+        return F.conv3d(x, conv.weight.unsqueeze(2), conv.bias, padding=(0, 1, 1))
+
+    def _double_time(self, x: Tensor, state: WanState) -> Tensor:
+        assert self.time_conv is not None
+        head = None
+        if not state.started:
+            # The clip's first frame passes through undoubled; time_conv starts on frame 1 with
+            # zero history (diffusers' "Rep" marker; `autoencoder_kl_wan.py`, `WanResample`).
+            head, x = x[:, :, :1], x[:, :, 1:]
+            if x.shape[2] == 0:
+                return head
+        b, c, t, h, w = x.shape
+        # Output channels [0, C) are the even frames, [C, 2C) the odd ones.
+        y = self.time_conv(x, state).view(b, 2, c, t, h, w).transpose(1, 2).transpose(2, 3)
+        y = y.reshape(b, c, 2 * t, h, w)
+        return y if head is None else torch.cat([head, y], dim=2)
+
+
+def dup_up(x: Tensor, out_dim: int, factor_t: int, factor_s: int, first: bool) -> Tensor:
+    """Parameter-free shortcut of Wan 2.2 up blocks (diffusers `DupUp3D`).
+
+    Each input channel is repeated `r` times; the repeated channel axis is read as
+    `(out_dim, factor_t, factor_s, factor_s)` and those factors move into T, H and W. On the
+    clip's first chunk the first `factor_t - 1` frames are dropped, as in the main path.
+    """
+    b, c, t, h, w = x.shape
+    r = out_dim * factor_t * factor_s * factor_s // c
+    y = x.repeat_interleave(r, dim=1).view(b, out_dim, factor_t, factor_s, factor_s, t, h, w)
+    y = y.permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(
+        b, out_dim, t * factor_t, h * factor_s, w * factor_s
+    )
+    return y[:, :, factor_t - 1 :] if first else y
+
+
+def unpatchify(x: Tensor, p: int) -> Tensor:
+    """`(B, 3*p*p, F, H, W)` -> `(B, 3, F, H*p, W*p)`; channel `c*p*p + p*dx + dy` is colour `c`
+    at pixel offset `(dy, dx)` (diffusers `unpatchify`: the width offset is the slower index)."""
+    b, cp, f, h, w = x.shape
+    c = cp // (p * p)
+    x = x.view(b, c, p, p, f, h, w).permute(0, 1, 4, 5, 3, 6, 2)
+    return x.reshape(b, c, f, h * p, w * p)
