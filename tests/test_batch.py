@@ -4,9 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import latents
 from safetensors.torch import save_file
 
-from conftest import latents
 from latent2mp4.batch import Input, collect_inputs, shard
 from latent2mp4.video import read_video
 

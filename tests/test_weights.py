@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from conftest import latents
+from safetensors.torch import load_file, save_file
+from tiny_wan import make_tiny_wan
+
 from latent2mp4.engine import decode_stream
 from latent2mp4.errors import WeightsError
 from latent2mp4.presets import load_preset
 from latent2mp4.weights import load_vae, resolve_vae
-from tiny_wan import make_tiny_wan
 
 WAN = load_preset("wan")
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -138,7 +138,7 @@ def test_folder_without_weights(tmp_path):
 
 
 def fake_hub_cache(cache: Path, repo: str, source: Path) -> None:
-    """The layout huggingface_hub writes: blobs behind snapshots/<revision>/, refs/main naming it."""
+    """The layout huggingface_hub writes: snapshots/<revision>/ and refs/main naming it."""
     root = cache / f"models--{repo.replace('/', '--')}"
     revision = "0123456789abcdef0123456789abcdef01234567"
     shutil.copytree(source, root / "snapshots" / revision / "vae")
