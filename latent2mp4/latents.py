@@ -63,7 +63,16 @@ def list_tensors(path: Path) -> tuple[dict[str, tuple[str, list[int]]], dict[str
             return info, dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if _looks_pickled(path):
+            reason = "it is a PyTorch pickle; re-save it with latent2mp4.save_latents"
         raise InputError(f"{path}: not a readable safetensors file ({reason})") from None
+
+
+def _looks_pickled(path: Path) -> bool:
+    # torch.save writes a zip archive (PK\x03\x04) or, in the legacy format, a raw pickle (\x80).
+    with path.open("rb") as f:
+        head = f.read(4)
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"
 
 
 def read_latent_file(path: Path, key: str | None = None) -> LatentFile:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from latent2mp4 import __version__
 from latent2mp4.engine import TileGrid, decode_stream
-from latent2mp4.errors import UsageError
+from latent2mp4.errors import InputError, UsageError
 from latent2mp4.latents import (
     LatentFile,
     LatentSpace,
@@ -25,6 +25,7 @@ from latent2mp4.latents import (
     resolve_latent_space,
     select_video,
 )
+from latent2mp4.memory import BUDGET_SHARE, GIB, PREVIEW_BYTES_PER_PIXEL, available_bytes, estimate
 from latent2mp4.models.preview import PreviewDecoder
 from latent2mp4.presets import Preset, builtin_presets, load_preset
 from latent2mp4.video import EncodeOptions, check_output, write_video
@@ -32,6 +33,7 @@ from latent2mp4.weights import load_vae, resolve_vae
 
 log = logging.getLogger(__name__)
 
+MAX_FRAME_SIDE = 16384  # libx264 and most encoders refuse larger frames
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ProgressFn = Callable[[int], None]
 
@@ -89,6 +91,7 @@ class Job:
     outputs: tuple[Path, ...]
     fps: float
     notes: tuple[str, ...]
+    grid: TileGrid | None = None  # spatial tiles, when a frame does not fit in memory untiled
 
     @property
     def frames(self) -> int:
@@ -163,7 +166,16 @@ def plan(path: Path, opts: DecodeOptions, root: Path | None = None) -> Job:
     notes = (*sel.notes, f"latent space: {space} ({why})")
     if opts.decoder == "preview" and preset.preview.approximate:
         notes += (f"preview colours for {preset.name} are approximate (no published factors)",)
-    return Job(lf, preset, sel.z, space, outputs, fps, notes)
+    h, w = (d * preset.spatial_ratio for d in sel.z.shape[-2:])
+    if max(h, w) > MAX_FRAME_SIDE:
+        raise InputError(
+            f"{path}: frames would be {w}x{h}; video encoders stop at {MAX_FRAME_SIDE} px"
+        )
+    device = pick_device(opts.device)
+    dtype = torch.float32 if opts.decoder == "preview" else pick_dtype(opts.dtype, device, preset)
+    grid, tiling_note = choose_grid(opts, preset, sel.z, device, dtype, path)
+    notes += (tiling_note,) if tiling_note else ()
+    return Job(lf, preset, sel.z, space, outputs, fps, notes, grid)
 
 
 def pick_device(name: str) -> torch.device:
@@ -186,9 +198,8 @@ def pick_dtype(name: str, device: torch.device, preset: Preset) -> torch.dtype:
     return DTYPES[name]
 
 
-def tile_grid(opts: DecodeOptions, preset: Preset) -> TileGrid | None:
-    if opts.no_tile:
-        return None
+def tile_grid(opts: DecodeOptions, preset: Preset) -> TileGrid:
+    """The tiles --tile-size/--tile-stride ask for, else the preset's."""
     size = (opts.tile_size,) * 2 if opts.tile_size else preset.tile_size
     if opts.tile_stride:
         stride = (opts.tile_stride,) * 2
@@ -203,6 +214,52 @@ def tile_grid(opts: DecodeOptions, preset: Preset) -> TileGrid | None:
         raise UsageError(f"--tile-size/--tile-stride: {e}") from None
 
 
+def choose_grid(
+    opts: DecodeOptions,
+    preset: Preset,
+    z: Tensor,
+    device: torch.device,
+    dtype: torch.dtype,
+    where: Path,
+) -> tuple[TileGrid | None, str | None]:
+    """Untiled when it fits in memory (exactly diffusers' default decode), else tiles.
+
+    --tile-size forces tiles, --no-tile forbids them; a decode that cannot fit either way is
+    refused before any weights are loaded. Returns the grid and a note when auto-tiling kicked in.
+    """
+    h, w = z.shape[-2:]
+    size = f"{w * preset.spatial_ratio}x{h * preset.spatial_ratio}"
+    budget = available_bytes(device) * BUDGET_SHARE
+    avail = f"{budget / GIB:.1f} GiB usable on {device.type}"
+    if opts.decoder == "preview":
+        est = estimate(preset, h, w, dtype, None, bytes_per_pixel=PREVIEW_BYTES_PER_PIXEL)
+        if est.bytes > budget:
+            raise InputError(f"{where}: {size} frames need about {est.gib:.1f} GiB; {avail}")
+        return None, None
+    forced = opts.tile_size is not None or opts.tile_stride is not None
+    grid = None if opts.no_tile else tile_grid(opts, preset)
+    untiled = estimate(preset, h, w, dtype, None)
+    if not forced and untiled.bytes <= budget:
+        return None, None
+    if grid is None:
+        raise InputError(
+            f"{where}: decoding {size} frames untiled needs about {untiled.gib:.1f} GiB; {avail} "
+            "(drop --no-tile)"
+        )
+    tiled = estimate(preset, h, w, dtype, grid)
+    if tiled.bytes > budget:
+        raise InputError(
+            f"{where}: {size} frames need about {tiled.gib:.1f} GiB even in tiles; {avail}"
+        )
+    if forced:
+        return tiled.grid, None
+    tile = f"{grid.size[1] * preset.spatial_ratio}x{grid.size[0] * preset.spatial_ratio}"
+    return (
+        tiled.grid,
+        f"tiled in {tile} px tiles: untiled needs about {untiled.gib:.1f} GiB; {avail}",
+    )
+
+
 @dataclass(frozen=True)
 class Decoder:
     """A ready decoder plus how to bring a job's latents into its input space."""
@@ -211,7 +268,6 @@ class Decoder:
     prepare: Callable[[Job], Tensor]
     device: torch.device
     dtype: torch.dtype
-    grid: TileGrid | None
     description: str
 
 
@@ -225,9 +281,8 @@ def build_decoder(opts: DecodeOptions, preset: Preset) -> Decoder:
             z = job.z.float()
             return normalise(z, job.preset.normalization) if job.space == "vae" else z
 
-        return Decoder(module, to_model_space, device, torch.float32, None, "preview (no weights)")
+        return Decoder(module, to_model_space, device, torch.float32, "preview (no weights)")
     dtype = pick_dtype(opts.dtype, device, preset)
-    grid = tile_grid(opts, preset)
     loaded = load_vae(resolve_vae(opts.vae, preset), preset, device, dtype)
     norm = loaded.normalization or preset.normalization
 
@@ -235,7 +290,7 @@ def build_decoder(opts: DecodeOptions, preset: Preset) -> Decoder:
         # Denormalise in fp32 on the host; chunks are cast to the decode dtype as they go.
         return denormalise(job.z, norm) if job.space == "model" else job.z.float()
 
-    return Decoder(loaded.decoder, to_vae_space, device, dtype, grid, loaded.description)
+    return Decoder(loaded.decoder, to_vae_space, device, dtype, loaded.description)
 
 
 def to_frames(chunks: Iterable[Tensor]) -> Iterator[np.ndarray]:
@@ -274,7 +329,7 @@ def run_job(
         }
         start = time.perf_counter()
         chunks = decode_stream(
-            decoder.module, z[b : b + 1], decoder.grid, decoder.device, decoder.dtype
+            decoder.module, z[b : b + 1], job.grid, decoder.device, decoder.dtype
         )
         info = write_video(
             _count(to_frames(chunks), progress),

@@ -76,6 +76,8 @@ class Preset:
     tile_stride: tuple[int, int]
     dtype: str
     preview: Preview
+    decode_bytes_per_pixel: int = 10000  # fp32 peak per output pixel of one tile and chunk
+    chunk_frames: int = 4  # output frames decoded at once (a time chunk)
     front_pad_multiple: int = 1  # the pipeline pads latent frames at the front to this multiple
     source: str = ""
 
@@ -117,6 +119,8 @@ class Preset:
                     bias=tuple(map(float, prev["bias"])),
                     approximate=bool(prev.get("approximate", False)),
                 ),
+                decode_bytes_per_pixel=int(d.get("memory", {}).get("bytes_per_pixel", 10000)),
+                chunk_frames=int(d.get("memory", {}).get("chunk_frames", 4)),
                 front_pad_multiple=int(d.get("front_pad_multiple", 1)),
                 source=str(path),
             )

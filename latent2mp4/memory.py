@@ -1,0 +1,62 @@
+"""Up-front memory estimates: tile only when a frame would not fit, refuse what never fits."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from latent2mp4.engine import TileGrid
+from latent2mp4.presets import Preset
+
+GIB = 1024**3
+# Share of the available memory a decode may plan to use; the rest is headroom for the allocator,
+# ffmpeg and estimate error.
+BUDGET_SHARE = 0.8
+# Per output pixel of a stitched chunk: its float frames, the tiles they came from, and uint8.
+STITCH_BYTES_PER_PIXEL_FRAME = 3 * 4 * 3 + 3
+PREVIEW_BYTES_PER_PIXEL = 64  # a few RGB float frames at full size
+
+
+def available_bytes(device: torch.device) -> int:
+    """Free memory on `device`: CUDA's free memory, or the host's MemAvailable."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    bytes: int
+    grid: TileGrid | None
+
+    @property
+    def gib(self) -> float:
+        return self.bytes / GIB
+
+
+def estimate(
+    preset: Preset,
+    h: int,
+    w: int,
+    dtype: torch.dtype,
+    grid: TileGrid | None,
+    bytes_per_pixel: int | None = None,
+) -> Estimate:
+    """Peak bytes to decode one chunk of `h`×`w` latents, untiled or with `grid`."""
+    r = preset.spatial_ratio
+    tiled = grid is not None and grid.needed(h, w)
+    th, tw = (min(h, grid.size[0]), min(w, grid.size[1])) if tiled and grid else (h, w)
+    size = torch.finfo(dtype).bits // 8
+    per_pixel = bytes_per_pixel if bytes_per_pixel is not None else preset.decode_bytes_per_pixel
+    activations = per_pixel * size // 4 * th * r * tw * r
+    stitched = preset.chunk_frames * h * r * w * r * STITCH_BYTES_PER_PIXEL_FRAME
+    return Estimate(activations + stitched, grid if tiled else None)
