@@ -4,11 +4,12 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import latents
 from safetensors.torch import save_file
 
 from latent2mp4.batch import Input, collect_inputs, shard
 from latent2mp4.video import read_video
+
+from conftest import latents
 
 
 def tree(root: Path) -> list[Path]:

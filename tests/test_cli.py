@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, latents
 from safetensors.torch import save_file
 
 from latent2mp4.engine import decode_stream
@@ -16,6 +15,8 @@ from latent2mp4.models.preview import PreviewDecoder
 from latent2mp4.pipeline import to_frames
 from latent2mp4.presets import load_preset
 from latent2mp4.video import read_video
+
+from conftest import assert_one_line_error, latents
 
 ROOT = Path(__file__).parents[1]
 

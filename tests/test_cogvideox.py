@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_cogvideox import make_tiny_cogvideox
 
 from latent2mp4.engine import Chunk, TileGrid, decode_stream
 from latent2mp4.models.cogvideox import (
@@ -20,6 +19,8 @@ from latent2mp4.models.cogvideox import (
     detect,
     rename_keys,
 )
+
+from tiny_cogvideox import make_tiny_cogvideox
 
 TOL = 1e-4
 

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+
+from latent2mp4.video import read_video
+
 from tiny_cogvideox import make_tiny_cogvideox
 from tiny_hunyuan import make_tiny_hunyuan
 from tiny_wan import make_tiny_wan
-
-from latent2mp4.video import read_video
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_hunyuan import make_tiny_hunyuan
 
 from latent2mp4.engine import TileGrid, decode_stream
 from latent2mp4.models.hunyuan import (
@@ -20,6 +19,8 @@ from latent2mp4.models.hunyuan import (
     detect,
     rename_keys,
 )
+
+from tiny_hunyuan import make_tiny_hunyuan
 
 PARITY = 1e-4
 DECODER_PREFIXES = ("decoder.", "post_quant_conv.")

@@ -2,7 +2,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import latents
 from safetensors.torch import save_file
 
 from latent2mp4.errors import InputError, UsageError
@@ -15,6 +14,8 @@ from latent2mp4.latents import (
     select_video,
 )
 from latent2mp4.presets import load_preset
+
+from conftest import latents
 
 WAN = load_preset("wan")
 

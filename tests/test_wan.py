@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_wan import make_tiny_wan
 
 from latent2mp4.engine import TileGrid, decode_stream
 from latent2mp4.models.wan import FAMILY, WanConfig, WanDecoder, detect, rename_keys
+
+from tiny_wan import make_tiny_wan
 
 PARITY = 1e-4
 DECODER_PREFIXES = ("decoder.", "post_quant_conv.")

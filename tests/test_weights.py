@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import latents
 from safetensors.torch import load_file, save_file
-from tiny_wan import make_tiny_wan
 
 from latent2mp4.engine import decode_stream
 from latent2mp4.errors import WeightsError
 from latent2mp4.presets import load_preset
 from latent2mp4.weights import load_vae, resolve_vae
+
+from conftest import latents
+from tiny_wan import make_tiny_wan
 
 WAN = load_preset("wan")
 WEIGHTS = "diffusion_pytorch_model.safetensors"
