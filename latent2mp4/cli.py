@@ -119,7 +119,9 @@ def decode(
         float | None, Opt(help="Frame rate (default: file metadata, else preset).")
     ] = None,
     key: Annotated[str | None, Opt(help="Tensor name in the file.")] = None,
-    index: Annotated[int, Opt(help="Trajectory step for (steps,B,C,F,H,W) tensors.")] = -1,
+    index: Annotated[
+        str, Opt(help="Trajectory steps of (steps,B,C,F,H,W) tensors: -1, 0,-1, ::10 or all.")
+    ] = "-1",
     layout: Annotated[Layout | None, Opt(help="Latent layout (default: preset).")] = None,
     latent_space: Annotated[
         Space, Opt(help="model: normalised (diffusers); vae: raw (ComfyUI).")

@@ -107,20 +107,48 @@ def read_latent_file(path: Path, key: str | None = None) -> LatentFile:
 
 @dataclass(frozen=True)
 class Selection:
-    """Latents of one file ready for a decoder: `(B, C, T, h, w)`, plus what was done to them."""
+    """Latents of one file ready for a decoder, plus what was done to them."""
 
-    z: Tensor
+    z: Tensor  # (S, B, C, T, h, w): S selected trajectory steps (S = 1 without a trajectory)
+    steps: tuple[int | None, ...]  # the trajectory step of each of the S, None without one
     notes: tuple[str, ...]
 
 
-def select_video(
-    lf: LatentFile, preset: Preset, layout: str | None = None, index: int = -1
-) -> Selection:
-    """Validate the stored tensor and bring it to `(B, C, T, h, w)`.
+def parse_index(spec: str | int, steps: int) -> list[int]:
+    """Trajectory steps from `-1`, `0,-1`, `::10`, `5:20`, `all` (Python index semantics)."""
+    text = str(spec).strip().lower()
+    try:
+        if text == "all":
+            picked = list(range(steps))
+        elif ":" in text:
+            if text.count(":") > 2:
+                raise ValueError
+            parts = [int(p) if p.strip() else None for p in text.split(":")]
+            picked = list(range(steps))[slice(*parts)]
+        else:
+            picked = [int(p) for p in text.split(",")]
+    except ValueError:
+        raise UsageError(
+            f"--index must be an integer, a list (0,-1), a slice (::10) or all, not {spec!r}"
+        ) from None
+    bad = [i for i in picked if not -steps <= i < steps]
+    if bad:
+        raise UsageError(f"--index {bad[0]} is out of range for {steps} trajectory steps")
+    if not picked:
+        raise UsageError(f"--index {spec} selects no steps out of {steps}")
+    return list(dict.fromkeys(i % steps for i in picked))
 
-    4-D tensors get a batch axis; 6-D tensors have a leading trajectory axis chosen by `index`.
+
+def select_video(
+    lf: LatentFile, preset: Preset, layout: str | None = None, index: str | int = -1
+) -> Selection:
+    """Validate the stored tensor and bring it to `(S, B, C, T, h, w)`.
+
+    4-D tensors get a batch axis; 6-D tensors have a leading trajectory axis whose steps are
+    chosen by `index` (see `parse_index`).
     """
     x, path, notes = lf.tensor, lf.path, []
+    steps: tuple[int | None, ...] = (None,)
     layout = layout or preset.layout
     if layout not in ("BCFHW", "BFCHW"):
         raise UsageError(f"--layout must be BCFHW or BFCHW, not {layout}")
@@ -129,26 +157,29 @@ def select_video(
             f"{path}: latents are {str(x.dtype).removeprefix('torch.')}; expected a float dtype"
         )
     if x.ndim == 6:
-        steps = x.shape[0]
-        if not -steps <= index < steps:
-            raise UsageError(
-                f"{path}: --index {index} is out of range for {steps} trajectory steps"
-            )
-        x = x[index]
-        notes.append(f"picked trajectory step {index % steps} of {steps} (--index {index})")
-    elif x.ndim == 4:
+        try:
+            picked = parse_index(index, x.shape[0])
+        except UsageError as e:
+            raise UsageError(f"{path}: {e}") from None
+        steps = tuple(picked)
+        x = x[picked] if len(picked) > 1 else x[picked[0]].unsqueeze(0)
+        shown = ", ".join(map(str, picked[:5])) + (", …" if len(picked) > 5 else "")
+        notes.append(f"trajectory steps {shown} of {lf.tensor.shape[0]} (--index {index})")
+    elif x.ndim == 5:
         x = x.unsqueeze(0)
-    elif x.ndim != 5:
+    elif x.ndim == 4:
+        x = x.unsqueeze(0).unsqueeze(0)
+    else:
         shape = tuple(lf.tensor.shape)
         raise InputError(
             f"{path}: latents have shape {shape}; "
             "expected (C,F,H,W), (B,C,F,H,W) or (steps,B,C,F,H,W)"
         )
     if layout == "BFCHW":
-        x = x.permute(0, 2, 1, 3, 4)
+        x = x.permute(0, 1, 3, 2, 4, 5)
     if any(s == 0 for s in x.shape):
         raise InputError(f"{path}: latents have an empty dimension {tuple(lf.tensor.shape)}")
-    channels = x.shape[1]
+    channels = x.shape[2]
     if channels != preset.latent_channels:
         raise InputError(f"{path}: {channel_hint(channels, preset)}")
     if not torch.isfinite(x).all():
@@ -156,14 +187,14 @@ def select_video(
         raise InputError(
             f"{path}: latents contain {bad} NaN/Inf values; the sampler likely diverged"
         )
-    if preset.front_pad_multiple > 1 and x.shape[2] % preset.front_pad_multiple == 0:
+    if preset.front_pad_multiple > 1 and x.shape[3] % preset.front_pad_multiple == 0:
         # CogVideoX 1.5 pads 2N+1 latent frames to 2N+2 at the front; its pipeline drops the pad.
         pad = preset.front_pad_multiple - 1
-        x = x[:, :, pad:]
+        x = x[:, :, :, pad:]
         notes.append(
             f"dropped {pad} leading padding latent frame(s), as the {preset.name} pipeline does"
         )
-    return Selection(z=x, notes=tuple(notes))
+    return Selection(z=x, steps=steps, notes=tuple(notes))
 
 
 def channel_hint(channels: int, preset: Preset) -> str:

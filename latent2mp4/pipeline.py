@@ -49,7 +49,7 @@ class DecodeOptions:
     out_dir: Path | None = None  # output folder (name from the input)
     fps: float | None = None  # None: file metadata, else preset
     key: str | None = None
-    index: int = -1  # trajectory step for 6-D tensors
+    index: str | int = -1  # trajectory steps of 6-D tensors: -1, "0,-1", "::10", "all"
     layout: str | None = None  # BCFHW / BFCHW; None: preset
     latent_space: LatentSpace = "auto"
     decoder: Literal["vae", "preview"] = "vae"
@@ -81,27 +81,40 @@ class VideoResult:
 
 
 @dataclass(frozen=True)
+class Video:
+    """One output video of a job: a trajectory step and batch element of the stored tensor."""
+
+    pos: int  # position among the selected steps (axis 0 of Job.z)
+    step: int | None  # the trajectory step, None without a trajectory axis
+    batch: int
+    output: Path
+
+
+@dataclass(frozen=True)
 class Job:
     """A validated latent file: what will be decoded and where it goes (no weights touched yet)."""
 
     latent: LatentFile
     preset: Preset
-    z: Tensor  # (B, C, T, h, w) as stored (model or VAE space)
+    z: Tensor  # (S, B, C, T, h, w) as stored (model or VAE space)
     space: str
-    outputs: tuple[Path, ...]
+    videos: tuple[Video, ...]
     fps: float
     notes: tuple[str, ...]
     grid: TileGrid | None = None  # spatial tiles, when a frame does not fit in memory untiled
 
     @property
-    def frames(self) -> int:
-        return self.preset.frames_out(self.z.shape[2])
+    def outputs(self) -> tuple[Path, ...]:
+        return tuple(v.output for v in self.videos)
 
     @property
-    def size(self) -> tuple[int, int]:
-        return self.z.shape[3] * self.preset.spatial_ratio, self.z.shape[
-            4
-        ] * self.preset.spatial_ratio
+    def frames(self) -> int:
+        """Frames of each output video."""
+        return self.preset.frames_out(self.z.shape[3])
+
+    def latents(self, video: Video) -> Tensor:
+        """`(1, C, T, h, w)` latents of one output video, as stored."""
+        return self.z[video.pos, video.batch : video.batch + 1]
 
 
 def pick_preset(opts: DecodeOptions, lf: LatentFile | None = None) -> Preset:
@@ -123,10 +136,33 @@ def pick_preset(opts: DecodeOptions, lf: LatentFile | None = None) -> Preset:
     raise UsageError("pass --model or --preset")
 
 
-def output_paths(
-    source: Path, opts: DecodeOptions, batch: int, suffix: str, root: Path | None = None
-) -> tuple[Path, ...]:
-    """Next to the input, or under --out-dir mirroring the input's place below `root`."""
+def plan_videos(
+    source: Path,
+    opts: DecodeOptions,
+    steps: tuple[int | None, ...],
+    batch: int,
+    suffix: str,
+    root: Path | None = None,
+) -> tuple[Video, ...]:
+    """One video per selected step and batch element: `run.mp4`, `run-step049.mp4`, `run-1.mp4`.
+
+    Steps are named whenever --index is not the default (the last step) or picks several.
+    """
+    bases = output_paths(source, opts, suffix, root)
+    named = len(steps) > 1 or (steps[0] is not None and str(opts.index).strip() != "-1")
+    width = max(3, len(str(max((s or 0) for s in steps))))
+    videos = []
+    for pos, step in enumerate(steps):
+        stem = bases.stem + (f"-step{step:0{width}d}" if named and step is not None else "")
+        for b in range(batch):
+            name = stem + (f"-{b}" if batch > 1 else "") + bases.suffix
+            videos.append(Video(pos, step, b, bases.with_name(name)))
+    return tuple(videos)
+
+
+def output_paths(source: Path, opts: DecodeOptions, suffix: str, root: Path | None = None) -> Path:
+    """The base output name: next to the input, or under --out-dir mirroring its place below
+    `root`, or --out."""
     if opts.out is not None:
         base = opts.out if opts.out.suffix else opts.out.with_suffix(suffix)
     elif opts.out_dir is not None:
@@ -134,9 +170,7 @@ def output_paths(
         base = opts.out_dir / below / (source.stem + suffix)
     else:
         base = source.parent / (source.stem + suffix)
-    if batch == 1:
-        return (base,)
-    return tuple(base.with_name(f"{base.stem}-{b}{base.suffix}") for b in range(batch))
+    return base
 
 
 def encode_options(opts: DecodeOptions, fps: float, metadata: dict[str, str]) -> EncodeOptions:
@@ -162,7 +196,7 @@ def plan(path: Path, opts: DecodeOptions, root: Path | None = None) -> Job:
     space, why = resolve_latent_space(lf, opts.latent_space)
     fps = opts.fps or lf.meta_fps or preset.fps
     suffix = encode_options(opts, fps, {}).default_suffix()
-    outputs = output_paths(path, opts, sel.z.shape[0], suffix, root)
+    videos = plan_videos(path, opts, sel.steps, sel.z.shape[1], suffix, root)
     notes = (*sel.notes, f"latent space: {space} ({why})")
     if opts.decoder == "preview" and preset.preview.approximate:
         notes += (f"preview colours for {preset.name} are approximate (no published factors)",)
@@ -175,7 +209,7 @@ def plan(path: Path, opts: DecodeOptions, root: Path | None = None) -> Job:
     dtype = torch.float32 if opts.decoder == "preview" else pick_dtype(opts.dtype, device, preset)
     grid, tiling_note = choose_grid(opts, preset, sel.z, device, dtype, path)
     notes += (tiling_note,) if tiling_note else ()
-    return Job(lf, preset, sel.z, space, outputs, fps, notes, grid)
+    return Job(lf, preset, sel.z, space, videos, fps, notes, grid)
 
 
 def pick_device(name: str) -> torch.device:
@@ -265,7 +299,7 @@ class Decoder:
     """A ready decoder plus how to bring a job's latents into its input space."""
 
     module: nn.Module
-    prepare: Callable[[Job], Tensor]
+    prepare: Callable[[Job, Tensor], Tensor]  # (job, stored latents) → decoder input
     device: torch.device
     dtype: torch.dtype
     description: str
@@ -277,8 +311,8 @@ def build_decoder(opts: DecodeOptions, preset: Preset) -> Decoder:
     if opts.decoder == "preview":
         module = PreviewDecoder(preset).to(device)
 
-        def to_model_space(job: Job) -> Tensor:
-            z = job.z.float()
+        def to_model_space(job: Job, z: Tensor) -> Tensor:
+            z = z.float()
             return normalise(z, job.preset.normalization) if job.space == "vae" else z
 
         return Decoder(module, to_model_space, device, torch.float32, "preview (no weights)")
@@ -286,9 +320,9 @@ def build_decoder(opts: DecodeOptions, preset: Preset) -> Decoder:
     loaded = load_vae(resolve_vae(opts.vae, preset), preset, device, dtype)
     norm = loaded.normalization or preset.normalization
 
-    def to_vae_space(job: Job) -> Tensor:
+    def to_vae_space(job: Job, z: Tensor) -> Tensor:
         # Denormalise in fp32 on the host; chunks are cast to the decode dtype as they go.
-        return denormalise(job.z, norm) if job.space == "model" else job.z.float()
+        return denormalise(z, norm) if job.space == "model" else z.float()
 
     return Decoder(loaded.decoder, to_vae_space, device, dtype, loaded.description)
 
@@ -310,27 +344,25 @@ def _count(frames: Iterable[np.ndarray], progress: ProgressFn | None) -> Iterato
 def run_job(
     job: Job, decoder: Decoder, opts: DecodeOptions, progress: ProgressFn | None = None
 ) -> list[VideoResult]:
-    """Decode every batch element of `job` to its output, streaming frames into ffmpeg."""
-    z: Tensor | None = None
+    """Decode every video of `job` to its output, streaming frames into ffmpeg."""
     results = []
-    for b, out in enumerate(job.outputs):
+    for video in job.videos:
+        out = video.output
         if out.exists() and opts.skip_existing:
             results.append(_skipped(job, out))
             continue
-        if z is None:
-            z = decoder.prepare(job)
+        z = decoder.prepare(job, job.latents(video))
         meta = {
             "latent2mp4_version": __version__,
             "latent2mp4_model": job.preset.name,
             "latent2mp4_source": str(job.latent.path),
             "latent2mp4_key": job.latent.key,
-            "latent2mp4_batch_index": str(b),
+            "latent2mp4_batch_index": str(video.batch),
+            **({"latent2mp4_step": str(video.step)} if video.step is not None else {}),
             "comment": f"decoded by latent2mp4 {__version__} ({decoder.description})",
         }
         start = time.perf_counter()
-        chunks = decode_stream(
-            decoder.module, z[b : b + 1], job.grid, decoder.device, decoder.dtype
-        )
+        chunks = decode_stream(decoder.module, z, job.grid, decoder.device, decoder.dtype)
         info = write_video(
             _count(to_frames(chunks), progress),
             out,

@@ -75,9 +75,9 @@ def test_missing_file(tmp_path):
 @pytest.mark.parametrize(
     "shape,expected",
     [
-        ((16, 3, 4, 5), (1, 16, 3, 4, 5)),
-        ((2, 16, 3, 4, 5), (2, 16, 3, 4, 5)),
-        ((7, 1, 16, 3, 4, 5), (1, 16, 3, 4, 5)),
+        ((16, 3, 4, 5), (1, 1, 16, 3, 4, 5)),
+        ((2, 16, 3, 4, 5), (1, 2, 16, 3, 4, 5)),
+        ((7, 1, 16, 3, 4, 5), (1, 1, 16, 3, 4, 5)),
     ],
 )
 def test_shapes_become_bcthw(tmp_path, shape, expected):
@@ -90,17 +90,45 @@ def test_trajectory_index_picks_a_step_and_says_so(tmp_path):
     lf = read_latent_file(write(tmp_path / "t.safetensors", {"latents": traj}))
     assert select_video(lf, WAN).z.unique().item() == 4.0
     sel = select_video(lf, WAN, index=1)
-    assert sel.z.unique().item() == 1.0 and "step 1 of 5" in sel.notes[0]
+    assert sel.z.unique().item() == 1.0 and "steps 1 of 5" in sel.notes[0] and sel.steps == (1,)
     with pytest.raises(UsageError, match="out of range"):
         select_video(lf, WAN, index=5)
+
+
+@pytest.mark.parametrize(
+    "spec,steps",
+    [
+        ("-1", [9]),
+        ("0,-1", [0, 9]),
+        ("::3", [0, 3, 6, 9]),
+        ("all", list(range(10))),
+        ("2:5", [2, 3, 4]),
+    ],
+)
+def test_index_specs_select_trajectory_steps(tmp_path, spec, steps):
+    traj = torch.arange(10.0).view(10, 1, 1, 1, 1, 1).expand(10, 1, 16, 1, 2, 2).contiguous()
+    sel = select_video(
+        read_latent_file(write(tmp_path / "t.safetensors", {"latents": traj})), WAN, index=spec
+    )
+    assert list(sel.steps) == steps
+    assert sel.z[:, 0, 0, 0, 0, 0].tolist() == [float(s) for s in steps]
+
+
+@pytest.mark.parametrize("spec", ["x", "1:2:3:4", "5:5", "12"])
+def test_bad_index_specs(tmp_path, spec):
+    traj = torch.zeros(10, 1, 16, 1, 2, 2)
+    with pytest.raises(UsageError, match="--index"):
+        select_video(
+            read_latent_file(write(tmp_path / "t.safetensors", {"latents": traj})), WAN, index=spec
+        )
 
 
 def test_bfchw_layout_is_permuted(tmp_path):
     x = latents((1, 3, 16, 4, 5))  # B, F, C, H, W
     lf = read_latent_file(write(tmp_path / "c.safetensors", {"latents": x}))
     z = select_video(lf, load_preset("cogvideox")).z
-    assert torch.equal(z, x.permute(0, 2, 1, 3, 4))
-    assert select_video(lf, WAN, layout="BFCHW").z.shape == (1, 16, 3, 4, 5)
+    assert torch.equal(z[0], x.permute(0, 2, 1, 3, 4))
+    assert select_video(lf, WAN, layout="BFCHW").z.shape == (1, 1, 16, 3, 4, 5)
 
 
 @pytest.mark.parametrize(
@@ -172,6 +200,6 @@ def test_cogvideox15_front_padding_is_dropped(tmp_path):
         write(tmp_path / "c.safetensors", {"latents": latents((1, 22, 16, 4, 4))})
     )
     sel = select_video(lf, load_preset("cogvideox1.5"))
-    assert sel.z.shape[2] == 21 and "padding" in sel.notes[-1]
-    assert torch.equal(sel.z, lf.tensor.permute(0, 2, 1, 3, 4)[:, :, 1:])
-    assert select_video(lf, load_preset("cogvideox")).z.shape[2] == 22
+    assert sel.z.shape[3] == 21 and "padding" in sel.notes[-1]
+    assert torch.equal(sel.z[0], lf.tensor.permute(0, 2, 1, 3, 4)[:, :, 1:])
+    assert select_video(lf, load_preset("cogvideox")).z.shape[3] == 22
