@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,10 +25,14 @@ from latent2mp4.batch import (
     parse_shard,
     shard,
 )
+from latent2mp4.compare import Comparison, open_all, plot_psnr, write_csv
+from latent2mp4.compare import compare as run_compare
+from latent2mp4.compare import side_by_side as make_side_by_side
 from latent2mp4.errors import Latent2Mp4Error, UsageError
 from latent2mp4.info import describe_file
 from latent2mp4.pipeline import DecodeOptions, Job, validate
 from latent2mp4.presets import builtin_presets
+from latent2mp4.video import EncodeOptions
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Decode video-diffusion latents to video."
@@ -237,6 +242,94 @@ def _summary(outcomes: list[Outcome]) -> None:
     out.print(table)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed")}
     out.print(", ".join(f"{n} {s}" for s, n in counts.items()))
+
+
+@app.command()
+def compare(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Reference A, then B [C …]: videos or latents.")
+    ],
+    csv: Annotated[Path | None, Opt("--csv", help="Per-frame metrics as CSV.")] = None,
+    plot: Annotated[Path | None, Opt("--plot", help="Per-frame PSNR curve as PNG.")] = None,
+    side_by_side: Annotated[
+        Path | None, Opt(help="Write the inputs side by side to this video.")
+    ] = None,
+    resize: Annotated[
+        bool, Opt("--resize", help="Scale inputs to A's size; compare common frames.")
+    ] = False,
+    model: Annotated[str | None, Opt("--model", "-m", help="Preset for latent inputs.")] = None,
+    vae: Annotated[str | None, Opt(help="VAE for latent inputs.")] = None,
+    decoder: Annotated[DecoderKind, Opt(help="Decoder for latent inputs.")] = DecoderKind.vae,
+    key: Annotated[str | None, Opt(help="Tensor name in latent inputs.")] = None,
+    index: Annotated[str, Opt(help="Trajectory step of latent inputs.")] = "-1",
+    latent_space: Annotated[Space, Opt(help="Latent space of latent inputs.")] = Space.auto,
+    device: Annotated[str, Opt(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[Dtype, Opt(help="Decode precision.")] = Dtype.auto,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace existing output files.")] = False,
+) -> None:
+    """Per-frame PSNR, SSIM and MAE of B, C, … against the reference A."""
+    if len(inputs) < 2:
+        err.print("[red]error:[/red] compare needs a reference and at least one other input")
+        raise typer.Exit(2)
+    opts = DecodeOptions(
+        model=model,
+        vae=vae,
+        decoder=decoder.value,
+        key=key,
+        index=index,
+        latent_space=latent_space.value,
+        device=device,
+        dtype=dtype.value,
+    )
+    with _errors():
+        sources = open_all(inputs, opts)
+        result = run_compare(sources[0], sources[1:], resize=resize)
+        if csv:
+            write_csv(csv, result, overwrite)
+        if plot:
+            plot_psnr(plot, result, overwrite)
+        sbs = None
+        if side_by_side:
+            fps = sources[0].fps or 16.0
+            sbs = make_side_by_side(sources, side_by_side, EncodeOptions(fps=fps), overwrite)
+    _comparison_table(result)
+    for note in (*result.notes, *(sbs.notes if sbs else ())):
+        err.print(f"[dim]note:[/dim] {note}", highlight=False, soft_wrap=True)
+    if sbs:
+        v = sbs.video
+        out.print(f"{v.path}  {v.frames} frames {v.width}x{v.height}", highlight=False)
+
+
+def _db(x: float) -> str:
+    return "inf" if math.isinf(x) else f"{x:.2f}"
+
+
+def _comparison_table(result: Comparison) -> None:
+    table = Table(title=f"vs {result.reference}", show_edge=False)
+    for col in (
+        "input",
+        "frames",
+        "identical",
+        "PSNR mean",
+        "PSNR min",
+        "worst frame",
+        "SSIM mean",
+        "MAE mean",
+    ):
+        table.add_column(col, overflow="fold")
+    for s in result.summaries:
+        worst = "-" if s.worst_frame is None else str(s.worst_frame)
+        table.add_row(
+            s.input,
+            str(s.frames),
+            str(s.identical),
+            _db(s.mean_psnr),
+            _db(s.min_psnr),
+            worst,
+            f"{s.mean_ssim:.4f}",
+            f"{s.mean_mae:.3f}",
+        )
+    out.print(table)
 
 
 @app.command()

@@ -176,3 +176,52 @@ def test_make_sample_script_is_deterministic(tmp_path):
         )
     a, b = (read_latent_file(tmp_path / f"{n}.safetensors") for n in "ab")
     assert torch.equal(a.tensor, b.tensor) and a.metadata == b.metadata
+
+
+def test_trajectory_steps_become_named_videos_with_one_load(tmp_path, cli):
+    traj = latents((50, 1, 16, 2, 4, 4))
+    save_file({"latents": traj}, str(tmp_path / "run.safetensors"))
+    run = cli(
+        "decode",
+        tmp_path / "run.safetensors",
+        "-m",
+        "wan",
+        "--decoder",
+        "preview",
+        "--index",
+        "0,-1",
+    )
+    assert run.exit_code == 0, run.output
+    assert sorted(p.name for p in tmp_path.glob("*.mp4")) == ["run-step000.mp4", "run-step049.mp4"]
+    run = cli("decode", tmp_path / "run.safetensors", "-m", "wan", "--decoder", "preview")
+    assert sorted(p.name for p in tmp_path.glob("*.mp4"))[-1] == "run.mp4"  # default: last step
+
+
+def test_compare_command_reports_inf_for_identical_and_writes_side_by_side(tmp_path, cli):
+    f = sample(tmp_path, shape=(16, 3, 4, 6))
+    assert (
+        cli(
+            "decode", f, "-m", "wan", "--decoder", "preview", "--lossless", "-o", tmp_path / "a.mkv"
+        ).exit_code
+        == 0
+    )
+    run = cli(
+        "compare",
+        tmp_path / "a.mkv",
+        f,
+        "-m",
+        "wan",
+        "--decoder",
+        "preview",
+        "--csv",
+        tmp_path / "m.csv",
+        "--side-by-side",
+        tmp_path / "sbs.mp4",
+    )
+    assert run.exit_code == 0, run.output
+    assert "inf" in run.stdout and "1.0000" in run.stdout
+    assert (tmp_path / "m.csv").read_text().splitlines()[0] == "frame,input,psnr,ssim,mae"
+    video, _ = read_video(tmp_path / "sbs.mp4")
+    assert video.shape == (9, 32, 96, 3)
+    bad = cli("compare", tmp_path / "a.mkv", tmp_path / "missing.mp4")
+    assert_one_line_error(bad, 1, "missing.mp4")
