@@ -14,8 +14,10 @@ import torch
 from torch import Tensor, nn
 
 from latent2mp4 import __version__
+from latent2mp4.device import pick_device, pick_dtype
 from latent2mp4.engine import TileGrid, decode_stream
 from latent2mp4.errors import InputError, UsageError
+from latent2mp4.frames import prefetch, to_frames
 from latent2mp4.latents import (
     LatentFile,
     LatentSpace,
@@ -33,8 +35,8 @@ from latent2mp4.weights import load_vae, resolve_vae
 
 log = logging.getLogger(__name__)
 
+PREFETCH_FRAMES = 8  # decoded frames that may wait for ffmpeg (two Wan chunks)
 MAX_FRAME_SIDE = 16384  # libx264 and most encoders refuse larger frames
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ProgressFn = Callable[[int], None]
 
 
@@ -206,30 +208,14 @@ def plan(path: Path, opts: DecodeOptions, root: Path | None = None) -> Job:
             f"{path}: frames would be {w}x{h}; video encoders stop at {MAX_FRAME_SIDE} px"
         )
     device = pick_device(opts.device)
-    dtype = torch.float32 if opts.decoder == "preview" else pick_dtype(opts.dtype, device, preset)
+    dtype = (
+        torch.float32
+        if opts.decoder == "preview"
+        else pick_dtype(opts.dtype, device, preset, opts.lossless)
+    )
     grid, tiling_note = choose_grid(opts, preset, sel.z, device, dtype, path)
     notes += (tiling_note,) if tiling_note else ()
     return Job(lf, preset, sel.z, space, videos, fps, notes, grid)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device must be auto, cpu or cuda[:N], not {name}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but PyTorch sees no CUDA device")
-    return device
-
-
-def pick_dtype(name: str, device: torch.device, preset: Preset) -> torch.dtype:
-    if name == "auto":
-        return DTYPES[preset.dtype] if device.type == "cuda" else torch.float32
-    if name not in DTYPES:
-        raise UsageError(f"--dtype must be auto, fp32, bf16 or fp16, not {name}")
-    return DTYPES[name]
 
 
 def tile_grid(opts: DecodeOptions, preset: Preset) -> TileGrid:
@@ -316,7 +302,7 @@ def build_decoder(opts: DecodeOptions, preset: Preset) -> Decoder:
             return normalise(z, job.preset.normalization) if job.space == "vae" else z
 
         return Decoder(module, to_model_space, device, torch.float32, "preview (no weights)")
-    dtype = pick_dtype(opts.dtype, device, preset)
+    dtype = pick_dtype(opts.dtype, device, preset, opts.lossless)
     loaded = load_vae(resolve_vae(opts.vae, preset), preset, device, dtype)
     norm = loaded.normalization or preset.normalization
 
@@ -325,13 +311,6 @@ def build_decoder(opts: DecodeOptions, preset: Preset) -> Decoder:
         return denormalise(z, norm) if job.space == "model" else z.float()
 
     return Decoder(loaded.decoder, to_vae_space, device, dtype, loaded.description)
-
-
-def to_frames(chunks: Iterable[Tensor]) -> Iterator[np.ndarray]:
-    """Pixel chunks `(1, 3, f, H, W)` in [-1, 1] → uint8 frames `(H, W, 3)`, rounded."""
-    for x in chunks:
-        q = ((x[0].float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
-        yield from q.permute(1, 2, 3, 0).cpu().numpy()
 
 
 def _count(frames: Iterable[np.ndarray], progress: ProgressFn | None) -> Iterator[np.ndarray]:
@@ -364,7 +343,7 @@ def run_job(
         start = time.perf_counter()
         chunks = decode_stream(decoder.module, z, job.grid, decoder.device, decoder.dtype)
         info = write_video(
-            _count(to_frames(chunks), progress),
+            _count(prefetch(to_frames(chunks), PREFETCH_FRAMES), progress),
             out,
             encode_options(opts, job.fps, meta),
             opts.overwrite,
@@ -416,7 +395,7 @@ def validate(opts: DecodeOptions, n_inputs: int = 1) -> None:
     )
     device = pick_device(opts.device)
     if preset is not None:
-        pick_dtype(opts.dtype, device, preset)
+        pick_dtype(opts.dtype, device, preset, opts.lossless)
         if opts.decoder == "vae":
             tile_grid(opts, preset)
     enc = encode_options(opts, opts.fps or 1.0, {})

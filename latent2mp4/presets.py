@@ -113,7 +113,7 @@ class Preset:
                 hub_subfolder=str(d["hub"].get("subfolder", "vae")),
                 tile_size=_pair(d["tiling"]["size"]),
                 tile_stride=_pair(d["tiling"]["stride"]),
-                dtype=str(d.get("dtype", "fp32")),
+                dtype=str(d.get("dtype", "auto")),
                 preview=Preview(
                     factors=tuple(tuple(map(float, r)) for r in prev["factors"]),
                     bias=tuple(map(float, prev["bias"])),
@@ -146,6 +146,8 @@ class Preset:
             raise UsageError(
                 f"{where}: normalization has {n} channels, expected {self.latent_channels}"
             )
+        if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
+            raise UsageError(f"{where}: dtype must be auto, fp32, bf16 or fp16")
         if self.fps <= 0:
             raise UsageError(f"{where}: fps must be positive")
 

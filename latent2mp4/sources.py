@@ -14,7 +14,8 @@ import numpy as np
 
 from latent2mp4.engine import decode_stream
 from latent2mp4.errors import InputError
-from latent2mp4.pipeline import DecodeOptions, Decoder, build_decoder, plan, to_frames
+from latent2mp4.frames import to_frames
+from latent2mp4.pipeline import DecodeOptions, Decoder, build_decoder, plan
 
 LATENT_SUFFIXES = (".safetensors", ".latent")
 Frames = Generator[np.ndarray, None, None]

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 from latent2mp4.engine import decode_stream
+from latent2mp4.frames import to_frames
 from latent2mp4.latents import read_latent_file, save_latents
 from latent2mp4.models.preview import PreviewDecoder
-from latent2mp4.pipeline import to_frames
 from latent2mp4.presets import load_preset
 from latent2mp4.video import read_video
 

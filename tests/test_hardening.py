@@ -142,7 +142,12 @@ CATALOGUE: dict[str, Bad] = {
         lambda t: _latent(t, torch.zeros(16, 1, 2100, 2, dtype=torch.float16)), 1, "16384"
     ),
     "untiled decode that cannot fit": Bad(
-        lambda t: [*_latent(t, torch.zeros(16, 1, 200, 200, dtype=torch.float16))[:3], "--no-tile"],
+        lambda t: [
+            *_latent(t, torch.zeros(16, 1, 300, 300, dtype=torch.float16))[:3],
+            "--no-tile",
+            "--dtype",
+            "fp32",
+        ],
         1,
         "GiB",
     ),

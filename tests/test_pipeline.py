@@ -39,14 +39,16 @@ def test_frames_reach_the_writer_before_the_last_latent_frame_is_decoded(tmp_pat
     seen_at_write: list[int] = []
     run_job(job, dec, opts, progress=lambda n: seen_at_write.append(len(calls)))
     assert len(calls) == T and len(seen_at_write) == 4 * (T - 1) + 1
-    assert seen_at_write[0] == 1  # the first frame was written after the first latent frame
-    assert seen_at_write.index(T) == 4 * (T - 2) + 1  # only the last 4 frames waited for it
+    # The decoder runs at most a couple of chunks ahead of the writer (the prefetch queue), so
+    # the first frames were written long before the last latent frame was decoded.
+    assert seen_at_write[0] <= 3 < T
+    assert seen_at_write[4 * (T - 3)] < T
     assert read_video(tmp_path / "z.mkv")[0].shape[0] == 21
 
 
 def test_untiled_when_it_fits_tiled_when_it_does_not(tmp_path, wan_vae, monkeypatch):
     save_file({"latents": latents((1, 16, 2, 40, 40))}, str(tmp_path / "z.safetensors"))
-    opts = DecodeOptions(model="wan", vae=str(wan_vae))
+    opts = DecodeOptions(model="wan", vae=str(wan_vae), dtype="fp32")
     assert plan(tmp_path / "z.safetensors", opts).grid is None
     need = memory.estimate(
         plan(tmp_path / "z.safetensors", opts).preset, 40, 40, torch.float32, None
@@ -58,7 +60,7 @@ def test_untiled_when_it_fits_tiled_when_it_does_not(tmp_path, wan_vae, monkeypa
     assert job.grid is not None and job.grid.size == (32, 32)
     assert any("tiled in 256x256 px tiles" in n for n in job.notes)
     with pytest.raises(InputError, match="untiled needs about .* GiB.*--no-tile"):
-        plan(tmp_path / "z.safetensors", DecodeOptions(model="wan", no_tile=True))
+        plan(tmp_path / "z.safetensors", DecodeOptions(model="wan", no_tile=True, dtype="fp32"))
     monkeypatch.setattr(pipeline, "available_bytes", lambda device: 1 << 20)
     with pytest.raises(InputError, match="even in tiles"):
         plan(tmp_path / "z.safetensors", opts)
