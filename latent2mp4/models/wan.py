@@ -14,7 +14,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch.nn.functional as F
+import torch
 from torch import Tensor, nn
 
 from latent2mp4.engine import Chunk
@@ -27,6 +27,7 @@ from latent2mp4.models.wan_layers import (
     Upsample,
     WanState,
     dup_up,
+    norm_silu_conv,
     unpatchify,
 )
 
@@ -212,7 +213,7 @@ class Decoder3d(nn.Module):
         x = self.mid_block(self.conv_in(x, state), state)
         for block in self.up_blocks:
             x = block(x, state)
-        return self.conv_out(F.silu(self.norm_out(x)), state)
+        return norm_silu_conv(self.norm_out, self.conv_out, x, state)
 
 
 class WanDecoder(nn.Module):
@@ -248,6 +249,8 @@ class WanDecoder(nn.Module):
                 f"latents have shape {tuple(z.shape)}; expected (B, {self.cfg.z_dim}, t, h, w)"
             )
         # post_quant_conv is 1x1x1, so applying it per chunk equals diffusers' whole-clip call.
+        # Channels-last activations are the layout oneDNN/cuDNN convolve without reordering.
+        z = z.contiguous(memory_format=torch.channels_last_3d)
         x = self.decoder(self.post_quant_conv(z), state)
         state.started = True
         return x

@@ -36,14 +36,35 @@ class CausalConv3d(nn.Conv3d):
         super().__init__(dim, out_dim, kernel, padding=(0, kernel[1] // 2, kernel[2] // 2))
         assert kernel[0] == CACHE_T + 1
 
-    def forward(self, x: Tensor, state: WanState) -> Tensor:  # type: ignore[override]
+    def padded(self, like: Tensor, state: WanState) -> tuple[Tensor, Tensor]:
+        """A buffer holding the cached history followed by room for this chunk's input.
+
+        Returns the buffer and the view to write the input into: the layer before writes its
+        output straight there, so history and input are never concatenated into a new copy.
+        """
+        b, c, t, h, w = like.shape
+        buf = torch.empty(
+            (b, c, t + CACHE_T, h, w),
+            dtype=like.dtype,
+            device=like.device,
+            memory_format=torch.channels_last_3d,
+        )
         prev = state.cache.get(self)
         if prev is None:
-            x = F.pad(x, (0, 0, 0, 0, CACHE_T, 0))
+            buf[:, :, :CACHE_T].zero_()
         else:
-            x = torch.cat([prev, x], dim=2)
-        state.cache[self] = x[:, :, -CACHE_T:].clone()
-        return super().forward(x)
+            buf[:, :, :CACHE_T].copy_(prev)
+        return buf, buf[:, :, CACHE_T:]
+
+    def run(self, buf: Tensor, state: WanState) -> Tensor:
+        """Convolve a filled `padded` buffer; its last frames become the history."""
+        state.cache[self] = buf[:, :, -CACHE_T:].clone()
+        return super().forward(buf)
+
+    def forward(self, x: Tensor, state: WanState) -> Tensor:  # type: ignore[override]
+        buf, room = self.padded(x, state)
+        room.copy_(x)
+        return self.run(buf, state)
 
 
 class RMSNorm(nn.Module):
@@ -58,10 +79,23 @@ class RMSNorm(nn.Module):
         self.scale = dim**0.5
         self.gamma = nn.Parameter(torch.ones(dim, *(1,) * (2 if images else 3)))
 
-    def forward(self, x: Tensor) -> Tensor:
-        # diffusers >= 0.38 normalises sub-fp32 inputs in fp32, then casts back before scaling.
-        n = F.normalize(x.float() if x.element_size() < 4 else x, dim=1).to(x.dtype)
-        return n * self.scale * self.gamma.view(-1, *(1,) * (x.ndim - 2))
+    def forward(self, x: Tensor, silu: bool = False, out: Tensor | None = None) -> Tensor:
+        """`silu` fuses the activation that follows every norm in a residual block; `out`
+        receives the result (a causal conv's `padded` room)."""
+        # One reduction over channels (accumulated in fp32 even for half inputs), then two
+        # in-place passes over x instead of normalize/cast/scale/gamma copies of the full tensor.
+        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True).float()
+        inv = (self.scale / norm.clamp_min_(1e-12)).to(x.dtype)
+        y = torch.mul(x, inv, out=out) if out is not None else x * inv
+        y.mul_(self.gamma.view(-1, *(1,) * (x.ndim - 2)))
+        return F.silu(y, inplace=True) if silu else y
+
+
+def norm_silu_conv(norm: RMSNorm, conv: CausalConv3d, x: Tensor, state: WanState) -> Tensor:
+    """conv(silu(norm(x))) with the activation written straight into the conv's padded buffer."""
+    buf, room = conv.padded(x, state)
+    norm(x, silu=True, out=room)
+    return conv.run(buf, state)
 
 
 class ResBlock(nn.Module):
@@ -77,8 +111,8 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor, state: WanState) -> Tensor:
         skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
-        x = self.conv1(F.silu(self.norm1(x)), state)
-        x = self.conv2(F.silu(self.norm2(x)), state)
+        x = norm_silu_conv(self.norm1, self.conv1, x, state)
+        x = norm_silu_conv(self.norm2, self.conv2, x, state)
         return x + skip
 
 
