@@ -1,0 +1,432 @@
+"""Benchmark latent2mp4 against diffusers on the same latents and the same weights (CPU).
+
+    python scripts/bench.py                        # speed: every family, fp32 and bf16, 3 runs each
+    python scripts/bench.py --families wan --dtypes fp32 --repeats 5
+    python scripts/bench.py --mode scale           # peak RSS for 6/11/21/41 latent frames (Wan)
+    python scripts/bench.py --quick                # tiny test configs: seconds (the smoke test)
+
+Setup, cached in --workdir (default out/bench/): each family's real-size default diffusers VAE
+(`AutoencoderKL*()` defaults; Wan 2.2 with the TI2V-5B arguments) with seeded default-init weights,
+saved once with `save_pretrained`, and seeded N(0, 1) model-space latents in the preset's layout.
+
+Every measured run is its own process doing what a user does. ours: `decode_file` to an H.264 mp4.
+diffusers: `from_pretrained`, the pipeline's de-normalisation, `vae.decode`, `postprocess_video`,
+`export_to_video`. Tools alternate run by run; medians are reported.
+- wall: load weights + read latents + decode + write the video (imports excluded); process: the
+  whole subprocess, timed by the parent.
+- peak RSS: `ru_maxrss` of the Python process, so it includes the weights (diffusers loads the
+  encoder too); ffmpeg is a separate process for both tools and is not counted.
+- PSNR: one extra untimed run per tool (also a warm-up). Ours writes a lossless RGB file
+  (`lossless=True`: libx264rgb QP 0) that is read back; diffusers' postprocessed frames are
+  ×255 and rounded (`export_to_video` truncates; we round both sides). bf16 rows also give ours
+  bf16 against ours fp32.
+Scale mode measures peak RSS against clip length at a small spatial size (16×16 latents by
+default, to stay feasible on a few cores; `--size 60,104` is 480p) and plots it (matplotlib,
+`pip install -e '.[bench]'`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOLS = ("ours", "diffusers")
+DTYPES = ("fp32", "bf16")
+SCALE_FRAMES = (6, 11, 21, 41)  # latent frames; 41 → 161 output frames
+SCALE_SIZE = (16, 16)
+
+
+@dataclass(frozen=True)
+class Family:
+    preset: str  # latent2mp4 preset
+    cls: str  # diffusers class
+    size: tuple[int, int, int]  # default latents (T, h, w)
+    tiny: tuple[str, str]  # tests/ builder and variant for --quick
+    tiny_size: tuple[int, int, int]
+    config: dict[str, Any] = field(default_factory=dict)  # real size: constructor defaults + this
+
+
+# fmt: off
+FAMILIES = {
+    "wan": Family("wan", "AutoencoderKLWan", (3, 32, 32), ("tiny_wan", "2.1"), (3, 8, 8)),
+    # 16×16 latents: the same 256×256 output as wan (16× spatial compression); mean/std: preset
+    "wan2.2": Family("wan2.2", "AutoencoderKLWan", (3, 16, 16), ("tiny_wan", "2.2"), (2, 4, 4),
+                     dict(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True,
+                          in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=16)),
+    "hunyuan": Family("hunyuan", "AutoencoderKLHunyuanVideo", (5, 32, 32),
+                      ("tiny_hunyuan", "tiny"), (5, 8, 8)),
+    "cogvideox": Family("cogvideox", "AutoencoderKLCogVideoX", (5, 30, 45),
+                        ("tiny_cogvideox", "groups32"), (3, 8, 8)),
+}
+# fmt: on
+
+
+# ---- setup (parent) ---------------------------------------------------------------------------
+
+
+def make_vae(name: str, quick: bool, workdir: Path) -> Path:
+    """The family's diffusers folder under `workdir`, built and saved once."""
+    fam = FAMILIES[name]
+    folder = workdir / "models" / (f"{name}-tiny" if quick else name)
+    if (folder / "config.json").is_file():
+        return folder
+    import torch
+
+    partial = folder.with_name(folder.name + ".partial")
+    print(f"setup: building {fam.cls} ({'tiny' if quick else 'real size'}) → {folder}", flush=True)
+    if quick:
+        sys.path.insert(0, str(ROOT / "tests"))
+        module, variant = fam.tiny
+        builder = getattr(__import__(module), "make_" + module)
+        builder(partial, variant)
+    else:
+        import diffusers
+
+        from latent2mp4 import load_preset
+
+        config = dict(fam.config)
+        if name == "wan2.2":  # the released config's 48-value normalisation
+            norm = load_preset("wan2.2").normalization
+            config.update(latents_mean=list(norm.mean), latents_std=list(norm.std))
+        torch.manual_seed(0)
+        getattr(diffusers, fam.cls)(**config).eval().save_pretrained(partial)
+    partial.rename(folder)
+    return folder
+
+
+def make_latents(name: str, quick: bool, size: tuple[int, int, int], workdir: Path) -> Path:
+    import torch
+
+    from latent2mp4 import load_preset, save_latents
+
+    preset = load_preset(FAMILIES[name].preset)
+    t, h, w = size
+    path = workdir / "latents" / f"{name}{'-tiny' if quick else ''}-{t}x{h}x{w}.safetensors"
+    if not path.is_file():
+        g = torch.Generator().manual_seed(0)
+        z = torch.randn(1, preset.latent_channels, t, h, w, generator=g)
+        if preset.layout == "BFCHW":
+            z = z.permute(0, 2, 1, 3, 4).contiguous()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_latents(path, z, model=preset.name, fps=preset.fps, latent_space="model")
+    return path
+
+
+def machine() -> dict[str, Any]:
+    from importlib.metadata import version
+
+    import torch
+
+    def proc(path: str, key: str) -> str:
+        try:
+            lines = Path(path).read_text().splitlines()
+            return next(x.split(":", 1)[1].strip() for x in lines if x.startswith(key))
+        except (OSError, StopIteration):
+            return ""
+
+    ram = proc("/proc/meminfo", "MemTotal").split()
+    cores = (
+        os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 0)
+    )
+    return dict(cpu=proc("/proc/cpuinfo", "model name") or platform.processor(), cores=len(cores),
+                ram_gib=round(int(ram[0]) / 2**20, 1) if ram else None, torch=torch.__version__,
+                torch_threads=torch.get_num_threads(), diffusers=version("diffusers"),
+                python=platform.python_version(), os=platform.platform())  # fmt: skip
+
+
+# ---- one measured run (child process) ---------------------------------------------------------
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def child(a: argparse.Namespace) -> None:
+    """One measured run, as a user would do it; the clock starts after the imports."""
+    import torch
+
+    fam, dtype = FAMILIES[a.family], {"fp32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
+    frames = None
+    if a.tool == "ours":
+        from latent2mp4 import DecodeOptions, decode_file
+        from latent2mp4.video import read_video
+
+        opts = DecodeOptions(model=fam.preset, vae=a.vae, out=a.out, device="cpu", dtype=a.dtype,
+                             overwrite=True, lossless=a.frames_npy is not None)  # fmt: skip
+        start = time.perf_counter()
+        res = decode_file(a.latents, opts)[0]
+        wall = time.perf_counter() - start
+        rss = peak_rss_mib()
+        shape = (res.frames, res.height, res.width)
+        if a.frames_npy:
+            frames = read_video(a.out)[0]
+    else:
+        import diffusers
+        from diffusers.utils import export_to_video
+        from diffusers.video_processor import VideoProcessor
+        from safetensors.torch import load_file
+
+        from latent2mp4 import load_preset
+
+        fps = load_preset(fam.preset).fps
+        start = time.perf_counter()
+        vae = getattr(diffusers, fam.cls).from_pretrained(a.vae, torch_dtype=dtype).eval()
+        z, cfg = load_file(a.latents)["latents"].to(dtype), vae.config
+        if fam.cls == "AutoencoderKLWan":  # WanPipeline
+            mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1).to(dtype)
+            inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1).to(dtype)
+            z = z / inv_std + mean
+        elif fam.cls == "AutoencoderKLCogVideoX":  # CogVideoXPipeline.decode_latents
+            z = 1 / cfg.scaling_factor * z.permute(0, 2, 1, 3, 4)
+        else:  # HunyuanVideoPipeline
+            z = z / cfg.scaling_factor
+        with torch.no_grad():
+            video = vae.decode(z).sample
+        video = VideoProcessor(vae_scale_factor=8).postprocess_video(video, output_type="np")[0]
+        export_to_video(video, str(a.out), fps=fps)
+        wall = time.perf_counter() - start
+        rss = peak_rss_mib()
+        shape = video.shape[:3]
+        if a.frames_npy:
+            frames = np.round(video * 255).astype(np.uint8)
+    if frames is not None:
+        np.save(a.frames_npy, frames)
+    result = {"wall_s": wall, "peak_rss_mib": rss, "frames": int(shape[0]),
+              "video": "×".join(map(str, shape)), "threads": torch.get_num_threads()}  # fmt: skip
+    Path(a.result).write_text(json.dumps(result))
+
+
+def run_child(tool: str, name: str, dtype: str, vae: Path, latents: Path, workdir: Path,
+              frames_npy: Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """One `_run` subprocess; its measurements plus the whole process's wall time."""
+    kind = "quality" if frames_npy else "timed"
+    stem = f"{latents.stem}-{tool}-{dtype}-{kind}"
+    out, result = workdir / "videos" / f"{stem}.mp4", workdir / "runs" / f"{stem}.json"
+    for folder in (out.parent, result.parent):
+        folder.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, str(Path(__file__).resolve()), "_run", "--tool", tool, "--family", name,
+            "--dtype", dtype, "--vae", str(vae), "--latents", str(latents), "--out", str(out),
+            "--result", str(result)]  # fmt: skip
+    argv += ["--frames-npy", str(frames_npy)] if frames_npy else []
+    start = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    process = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise SystemExit(f"{tool} {name} {dtype} ({kind}) failed:\n{tail}")
+    run = json.loads(result.read_text()) | {"process_s": process}
+    print(f"  {kind:7} {tool:9} {name:9} {dtype}: {run['wall_s']:7.2f} s (process "
+          f"{process:6.2f} s), peak RSS {run['peak_rss_mib']:6.0f} MiB", flush=True)  # fmt: skip
+    return run
+
+
+def alternate(name: str, dtype: str, vae: Path, latents: Path, args: argparse.Namespace,
+              workdir: Path) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """ours, diffusers, ours, diffusers, …; per tool the medians and the raw runs."""
+    runs: dict[str, list[dict[str, Any]]] = {tool: [] for tool in TOOLS}
+    for _ in range(args.repeats):
+        for tool in TOOLS:
+            runs[tool].append(run_child(tool, name, dtype, vae, latents, workdir))
+    out = {}
+    for tool, rs in runs.items():
+        med = {
+            k: statistics.median(r[k] for r in rs) for k in ("wall_s", "process_s", "peak_rss_mib")
+        }
+        first = {k: rs[0][k] for k in ("frames", "video")}
+        out[tool] = med | first | {"fps": first["frames"] / med["wall_s"], "runs": rs}
+    return out
+
+
+# ---- the two modes (parent) -------------------------------------------------------------------
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    assert a.shape == b.shape, f"frame shapes differ: {a.shape} vs {b.shape}"
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def fmt_db(p: float | None) -> str:
+    return "–" if p is None else "∞ (identical)" if math.isinf(p) else f"{p:.1f}"
+
+
+def jsonable(x: Any) -> Any:
+    """JSON has no infinity: identical frames' PSNR is written as "inf"."""
+    if isinstance(x, dict):
+        return {k: jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [jsonable(v) for v in x]
+    return "inf" if isinstance(x, float) and math.isinf(x) else x
+
+
+def both(m: dict[str, dict[str, Any]], key: str, fmt: str) -> str:
+    return " / ".join(format(m[tool][key], fmt) for tool in TOOLS)
+
+
+def markdown(head: list[str], rows: list[list[str]]) -> str:
+    lines = [head, ["---"] * len(head), *rows]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+def speed(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, Any]], str]:
+    rows, cells = [], []
+    for name in args.families:
+        t, h, w = FAMILIES[name].tiny_size if args.quick else FAMILIES[name].size
+        size = (args.frames[0] if args.frames else t, *(args.size or (h, w)))
+        vae = make_vae(name, args.quick, workdir)
+        latents = make_latents(name, args.quick, size, workdir)
+        npy = {(tool, dt): workdir / "frames" / f"{latents.stem}-{tool}-{dt}.npy"
+               for tool in TOOLS for dt in DTYPES}  # fmt: skip
+        npy["ours", "fp32"].parent.mkdir(parents=True, exist_ok=True)
+        for dtype in args.dtypes:
+            for tool in TOOLS:
+                run_child(tool, name, dtype, vae, latents, workdir, npy[tool, dtype])
+            if dtype != "fp32" and "fp32" not in args.dtypes:
+                run_child("ours", name, "fp32", vae, latents, workdir, npy["ours", "fp32"])
+            m = alternate(name, dtype, vae, latents, args, workdir)
+            ours = np.load(npy["ours", dtype])
+            vs_fp32 = None if dtype == "fp32" else psnr(ours, np.load(npy["ours", "fp32"]))
+            row = dict(family=name, dtype=dtype, latents="×".join(map(str, size)),
+                       ratio=m["ours"]["wall_s"] / m["diffusers"]["wall_s"],
+                       psnr_vs_diffusers_db=psnr(ours, np.load(npy["diffusers", dtype])),
+                       psnr_vs_fp32_db=vs_fp32, frame_std=float(ours.std()), **m)  # fmt: skip
+            rows.append(row)
+            cells.append([name, dtype, row["latents"], m["ours"]["video"], both(m, "wall_s", ".2f"),
+                          f"{row['ratio']:.2f}", both(m, "fps", ".2f"), both(m, "process_s", ".1f"),
+                          both(m, "peak_rss_mib", ".0f"), fmt_db(row["psnr_vs_diffusers_db"]),
+                          fmt_db(row["psnr_vs_fp32_db"])])  # fmt: skip
+    head = ["family", "dtype", "latents T×h×w", "video F×H×W", "wall s ours / diffusers",
+            "ours/diffusers", "frames/s ours / diffusers", "process s ours / diffusers",
+            "peak RSS MiB ours / diffusers", "PSNR vs diffusers dB",
+            "PSNR vs own fp32 dB"]  # fmt: skip
+    return rows, markdown(head, cells)
+
+
+def scale(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, Any]], str]:
+    rows, cells = [], []
+    for name in args.families:
+        fam = FAMILIES[name]
+        h, w = args.size or (fam.tiny_size[1:] if args.quick else SCALE_SIZE)
+        vae = make_vae(name, args.quick, workdir)
+        for dtype in args.dtypes:
+            for t in args.frames or SCALE_FRAMES:
+                latents = make_latents(name, args.quick, (t, h, w), workdir)
+                m = alternate(name, dtype, vae, latents, args, workdir)
+                rows.append({"family": name, "dtype": dtype, "latent_frames": t, **m})
+                rss, wall = both(m, "peak_rss_mib", ".0f"), both(m, "wall_s", ".2f")
+                cells.append([name, dtype, str(t), m["ours"]["video"], rss, wall])
+    head = ["family", "dtype", "latent frames", "video F×H×W", "peak RSS MiB ours / diffusers",
+            "wall s ours / diffusers"]  # fmt: skip
+    plot(rows, workdir / "memory_scaling.png")
+    return rows, markdown(head, cells)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"matplotlib is not installed, so {path} was not drawn: pip install -e '.[bench]'")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key in dict.fromkeys((r["family"], r["dtype"]) for r in rows):
+        sel = [r for r in rows if (r["family"], r["dtype"]) == key]
+        size = sel[0]["ours"]["video"].split("×", 1)[1]
+        for tool, style in zip(TOOLS, ("o-", "s--"), strict=True):
+            xs, ys = [r[tool]["frames"] for r in sel], [r[tool]["peak_rss_mib"] for r in sel]
+            ax.plot(xs, ys, style, label=f"{tool} ({key[0]} {key[1]}, {size})")
+    ax.set(xlabel="output frames", ylabel="peak RSS (MiB)", title="Peak memory vs clip length")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+
+def csv(text: str) -> list[str]:
+    return text.split(",")
+
+
+def ints(text: str) -> list[int]:
+    return [int(x) for x in csv(text)]
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["_run"]:
+        ap = argparse.ArgumentParser(prog="bench.py _run")
+        for opt in ("--tool", "--family", "--dtype", "--vae", "--latents", "--result"):
+            ap.add_argument(opt, required=True)
+        ap.add_argument("--out", type=Path, required=True)
+        ap.add_argument("--frames-npy")
+        return child(ap.parse_args(sys.argv[2:]))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--mode", choices=("speed", "scale"), default="speed")
+    ap.add_argument("--families", type=csv, help="default: all (scale: wan)")
+    ap.add_argument("--dtypes", type=csv, help="default: fp32,bf16 (scale: fp32)")
+    ap.add_argument("--repeats", type=int, help="timed runs per tool (default: speed 3, scale 1)")
+    ap.add_argument("--workdir", type=Path, default=ROOT / "out" / "bench")
+    ap.add_argument("--frames", type=ints, help="latent frames T (scale: a list, e.g. 6,11,21)")
+    ap.add_argument("--size", type=ints, help="latent h,w, e.g. 60,104 (scale default: 16,16)")
+    ap.add_argument("--quick", action="store_true", help="tiny test configs and latents")
+    args = ap.parse_args()
+    is_speed = args.mode == "speed"
+    args.families = args.families or (list(FAMILIES) if is_speed else ["wan"])
+    args.dtypes = args.dtypes or (list(DTYPES) if is_speed else ["fp32"])
+    if bad := (set(args.families) - set(FAMILIES)) | (set(args.dtypes) - set(DTYPES)):
+        ap.error(f"unknown {', '.join(bad)}; families: {', '.join(FAMILIES)}; dtypes: fp32, bf16")
+    args.dtypes.sort(key=DTYPES.index)  # fp32 first: bf16 rows compare with its frames
+    args.repeats = args.repeats or (3 if is_speed else 1)
+    if args.repeats < 1 or (args.size and len(args.size) != 2):
+        ap.error("--repeats must be at least 1 and --size is h,w")
+    if is_speed and args.frames and len(args.frames) > 1:
+        ap.error("--frames takes one value in speed mode (a list in scale mode)")
+    workdir = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    mach = machine()
+    command = "python scripts/bench.py " + " ".join(sys.argv[1:])
+    desc = (
+        f"{mach['cpu']}, {mach['cores']} usable cores, "
+        f"{mach['ram_gib']} GiB RAM; torch {mach['torch']} ({mach['torch_threads']} threads), "
+        f"diffusers {mach['diffusers']}, Python {mach['python']}, {mach['os']}"
+    )
+    print(f"machine: {desc}\ncommand: {command}", flush=True)
+    rows, table = (speed if is_speed else scale)(args, workdir)
+    stem = "results" if is_speed else "memory_scaling"
+    notes = (
+        "wall: load weights + read latents + decode + write the video (median; imports excluded); "
+        "process: the whole subprocess. Peak RSS: ru_maxrss of the Python process (weights "
+        "included; diffusers also loads the encoder; ffmpeg not counted). PSNR on uint8 frames "
+        "(rounded both sides); ours from a lossless file. Random weights: timing only."
+    )
+    md = f"## latent2mp4 vs diffusers ({args.mode})\n\nMachine: {desc}\n\n`{command}`\n\n"
+    md += f"{table}\n\n{notes}\n"
+    (workdir / f"{stem}.md").write_text(md)
+    raw = {"machine": mach, "command": command, "rows": rows}
+    (workdir / f"{stem}.json").write_text(json.dumps(jsonable(raw), indent=1))
+    print(f"\n{table}\n\nwritten: {workdir / (stem + '.md')}, {workdir / (stem + '.json')}")
+
+
+if __name__ == "__main__":
+    main()
