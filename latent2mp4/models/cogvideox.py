@@ -115,9 +115,10 @@ class _Latent:
                 # frame 0 alone and the remaining latent frames stretch over the rest.
                 head = F.interpolate(self.z[:, :, :1], size=(1, *hw))
                 tail = F.interpolate(self.z[:, :, 1:], size=(t - 1, *hw))
-                self._sized[size] = torch.cat([head, tail], dim=2)
+                sized = torch.cat([head, tail], dim=2)
             else:
-                self._sized[size] = F.interpolate(self.z, size=size)
+                sized = F.interpolate(self.z, size=size)
+            self._sized[size] = sized.contiguous(memory_format=torch.channels_last_3d)
         return self._sized[size]
 
 
@@ -131,16 +132,43 @@ class _CausalConv(nn.Module):
         # the same sum; we do not split.
         self.conv = nn.Conv3d(cin, cout, k, padding=(0, k // 2, k // 2))
 
+    def padded(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """A channels-last buffer with room for `k_t - 1` history frames before the input.
+
+        Returns the buffer and the view the input is written into; the layer before writes its
+        output straight there, so history and input are never concatenated into a new copy.
+        """
+        b, c, t, h, w = like.shape
+        pad = self.conv.kernel_size[0] - 1
+        buf = torch.empty(
+            (b, c, t + pad, h, w),
+            dtype=like.dtype,
+            device=like.device,
+            memory_format=torch.channels_last_3d,
+        )
+        return buf, buf[:, :, pad:]
+
+    def run(self, buf: Tensor, state: CogVideoXState) -> Tensor:
+        """Fill a `padded` buffer's history (the cache, or copies of frame 0) and convolve."""
+        pad = self.conv.kernel_size[0] - 1
+        past = state.frames.get(self)
+        if past is None:
+            past = buf[:, :, pad : pad + 1].expand(-1, -1, pad, -1, -1)
+        buf[:, :, :pad].copy_(past)
+        state.frames[self] = buf[:, :, -pad:].clone()
+        return self.conv(buf)
+
     def forward(self, x: Tensor, state: CogVideoXState | None = None) -> Tensor:
-        k = self.conv.kernel_size[0]
-        if k > 1:
-            assert state is not None
-            past = state.frames.get(self)
-            if past is None:
-                past = x[:, :, :1].expand(-1, -1, k - 1, -1, -1)
-            x = torch.cat([past, x], dim=2)
-            state.frames[self] = x[:, :, 1 - k :].clone()
-        return self.conv(x)
+        if self.conv.kernel_size[0] == 1:
+            # A 1x1x1 conv is a per-pixel linear map: as a GEMM over channels-last pixels it
+            # stays channels-last (the conv kernel for this shape returns the other layout).
+            w = self.conv.weight.flatten(1)
+            y = F.linear(x.permute(0, 2, 3, 4, 1), w, self.conv.bias)
+            return y.permute(0, 4, 1, 2, 3)
+        assert state is not None
+        buf, room = self.padded(x)
+        room.copy_(x)
+        return self.run(buf, state)
 
 
 class _SpatialNorm(nn.Module):
@@ -152,9 +180,19 @@ class _SpatialNorm(nn.Module):
         self.conv_y = _CausalConv(latent_channels, channels, 1)
         self.conv_b = _CausalConv(latent_channels, channels, 1)
 
-    def forward(self, x: Tensor, zq: _Latent) -> Tensor:
+    def forward(self, x: Tensor, zq: _Latent, out: Tensor | None = None) -> Tensor:
+        """`out` receives the result (a causal conv's `padded` room)."""
         z = zq.at(tuple(x.shape[2:]))
-        return self.norm_layer(x) * self.conv_y(z) + self.conv_b(z)
+        return torch.addcmul(self.conv_b(z), self.norm_layer(x), self.conv_y(z), out=out)
+
+
+def _norm_silu_conv(
+    norm: _SpatialNorm, conv: _CausalConv, x: Tensor, zq: _Latent, state: CogVideoXState
+) -> Tensor:
+    """conv(silu(norm(x))) with the activation written straight into the conv's buffer."""
+    buf, room = conv.padded(x)
+    F.silu(norm(x, zq, out=room), inplace=True)
+    return conv.run(buf, state)
 
 
 class _Resnet(nn.Module):
@@ -168,8 +206,8 @@ class _Resnet(nn.Module):
         self.conv_shortcut = nn.Conv3d(cin, cout, 1) if cin != cout else None
 
     def forward(self, x: Tensor, zq: _Latent, state: CogVideoXState) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x, zq)), state)
-        h = self.conv2(F.silu(self.norm2(h, zq)), state)
+        h = _norm_silu_conv(self.norm1, self.conv1, x, zq, state)
+        h = _norm_silu_conv(self.norm2, self.conv2, h, zq, state)
         return h + (x if self.conv_shortcut is None else self.conv_shortcut(x))
 
 
@@ -242,7 +280,7 @@ class _Net(nn.Module):
         x = self.mid_block(self.conv_in(z, state), zq, state)
         for level in self.up_blocks:
             x = level(x, zq, state)
-        return self.conv_out(F.silu(self.norm_out(x, zq)), state)
+        return _norm_silu_conv(self.norm_out, self.conv_out, x, zq, state)
 
 
 class CogVideoXDecoder(nn.Module):
@@ -284,7 +322,8 @@ class CogVideoXDecoder(nn.Module):
                 f"latents have shape {tuple(z.shape)}; "
                 f"expected (B, {self.cfg.latent_channels}, t, h, w)"
             )
-        return self.decoder(z, state)
+        # Channels-last activations are the layout oneDNN/cuDNN convolve without reordering.
+        return self.decoder(z.contiguous(memory_format=torch.channels_last_3d), state)
 
     def finalize(self, x: Tensor) -> Tensor:
         """Identity: diffusers' CogVideoX decode does not clamp."""
