@@ -295,7 +295,8 @@ class HunyuanDecoder(nn.Module):
     def decode_chunk(self, z: Tensor, state: object = None) -> Tensor:
         """Latents `(B, C, t, h, w)` -> `(B, out_channels, 4(t-1)+1, up*h, up*w)`; no state."""
         # Channels-last activations are the layout oneDNN/cuDNN convolve without reordering.
-        return self.decoder(self.post_quant_conv(z.contiguous(memory_format=torch.channels_last_3d)))
+        z = z.contiguous(memory_format=torch.channels_last_3d)
+        return self.decoder(self.post_quant_conv(z))
 
     def finalize(self, x: Tensor) -> Tensor:
         return x
