@@ -37,8 +37,9 @@ class StreamDecoder(Protocol):
         """Pixels of `decode_chunk` output per latent pixel (before `finalize`)."""
         ...
 
-    def time_chunks(self, num_frames: int) -> list[Chunk]:
-        """Split `num_frames` latent frames into the chunks the reference decodes."""
+    def time_chunks(self, num_frames: int, max_frames: int = 1) -> list[Chunk]:
+        """Split `num_frames` latent frames into the chunks the reference decodes; a family
+        whose result does not depend on the split may group up to `max_frames` per chunk."""
         ...
 
     def new_state(self) -> object:
@@ -131,6 +132,7 @@ def decode_stream(
     grid: TileGrid | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    max_chunk_frames: int = 1,
 ) -> Iterator[Tensor]:
     """Decode VAE-space latents chunk by chunk.
 
@@ -139,6 +141,8 @@ def decode_stream(
     z : latents `(B, C, T, h, w)` in VAE space, on any device; each chunk is moved to `device`
         and cast to `dtype` only when it is decoded.
     grid : spatial tiles, used only when the latent is larger than one tile.
+    max_chunk_frames : latent frames a chunk may hold, for families that allow it (see
+        `StreamDecoder.time_chunks`).
 
     Yields
     ------
@@ -152,7 +156,7 @@ def decode_stream(
     up = decoder.upscale
     prev: Tensor | None = None
     with torch.inference_mode():
-        for chunk in decoder.time_chunks(T):
+        for chunk in decoder.time_chunks(T, max_chunk_frames):
             part = z[:, :, chunk.start : chunk.stop].to(device=device, dtype=dtype)
             if tiled and grid is not None:
                 x = _decode_tiled(decoder, part, grid, states, up)

@@ -17,6 +17,7 @@ BUDGET_SHARE = 0.8
 # Per output pixel of a stitched chunk: its float frames, the tiles they came from, and uint8.
 STITCH_BYTES_PER_PIXEL_FRAME = 3 * 4 * 3 + 3
 PREVIEW_BYTES_PER_PIXEL = 64  # a few RGB float frames at full size
+MAX_CHUNK_FRAMES = 8  # latent frames per GPU decode call; more gains little
 
 
 def available_bytes(device: torch.device) -> int:
@@ -60,3 +61,18 @@ def estimate(
     activations = per_pixel * size // 4 * th * r * tw * r
     stitched = preset.chunk_frames * h * r * w * r * STITCH_BYTES_PER_PIXEL_FRAME
     return Estimate(activations + stitched, grid if tiled else None)
+
+
+def chunk_frames(
+    preset: Preset, h: int, w: int, dtype: torch.dtype, grid: TileGrid | None, device: torch.device
+) -> int:
+    """Latent frames per decode call: several on CUDA when memory allows, one on the CPU.
+
+    One frame at a time already saturates the CPU's cores; on a GPU it leaves the device idle
+    between small kernels, so free memory decides how many frames go in one call.
+    """
+    if device.type != "cuda":
+        return 1
+    per_frame = estimate(preset, h, w, dtype, grid).bytes
+    fit = int(available_bytes(device) * BUDGET_SHARE) // max(per_frame, 1)
+    return max(1, min(MAX_CHUNK_FRAMES, fit))

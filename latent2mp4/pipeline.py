@@ -27,7 +27,14 @@ from latent2mp4.latents import (
     resolve_latent_space,
     select_video,
 )
-from latent2mp4.memory import BUDGET_SHARE, GIB, PREVIEW_BYTES_PER_PIXEL, available_bytes, estimate
+from latent2mp4.memory import (
+    BUDGET_SHARE,
+    GIB,
+    PREVIEW_BYTES_PER_PIXEL,
+    available_bytes,
+    chunk_frames,
+    estimate,
+)
 from latent2mp4.models.preview import PreviewDecoder
 from latent2mp4.presets import Preset, builtin_presets, load_preset
 from latent2mp4.video import EncodeOptions, check_output, write_video
@@ -104,6 +111,7 @@ class Job:
     fps: float
     notes: tuple[str, ...]
     grid: TileGrid | None = None  # spatial tiles, when a frame does not fit in memory untiled
+    chunk_frames: int = 1  # latent frames per decode call (several on a GPU with room)
 
     @property
     def outputs(self) -> tuple[Path, ...]:
@@ -215,7 +223,8 @@ def plan(path: Path, opts: DecodeOptions, root: Path | None = None) -> Job:
     )
     grid, tiling_note = choose_grid(opts, preset, sel.z, device, dtype, path)
     notes += (tiling_note,) if tiling_note else ()
-    return Job(lf, preset, sel.z, space, videos, fps, notes, grid)
+    per_call = chunk_frames(preset, *sel.z.shape[-2:], dtype, grid, device)
+    return Job(lf, preset, sel.z, space, videos, fps, notes, grid, per_call)
 
 
 def tile_grid(opts: DecodeOptions, preset: Preset) -> TileGrid:
@@ -341,7 +350,9 @@ def run_job(
             "comment": f"decoded by latent2mp4 {__version__} ({decoder.description})",
         }
         start = time.perf_counter()
-        chunks = decode_stream(decoder.module, z, job.grid, decoder.device, decoder.dtype)
+        chunks = decode_stream(
+            decoder.module, z, job.grid, decoder.device, decoder.dtype, job.chunk_frames
+        )
         info = write_video(
             _count(prefetch(to_frames(chunks), PREFETCH_FRAMES), progress),
             out,

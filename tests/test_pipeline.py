@@ -71,3 +71,17 @@ def test_explicit_tile_size_forces_tiles(tmp_path):
     job = plan(tmp_path / "z.safetensors", DecodeOptions(model="wan", tile_size=32, tile_stride=24))
     assert job.grid is not None and (job.grid.size, job.grid.stride) == ((4, 4), (3, 3))
     assert plan(tmp_path / "z.safetensors", DecodeOptions(model="wan", tile_size=256)).grid is None
+
+
+def test_several_latent_frames_per_call_only_on_cuda(monkeypatch):
+    from latent2mp4.presets import load_preset
+
+    wan = load_preset("wan")
+    assert memory.chunk_frames(wan, 60, 104, torch.bfloat16, None, torch.device("cpu")) == 1
+    per_frame = memory.estimate(wan, 60, 104, torch.bfloat16, None).bytes
+    monkeypatch.setattr(
+        memory, "available_bytes", lambda device: int(3.5 * per_frame / memory.BUDGET_SHARE)
+    )
+    assert memory.chunk_frames(wan, 60, 104, torch.bfloat16, None, torch.device("cuda")) == 3
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 1 << 50)
+    assert memory.chunk_frames(wan, 60, 104, torch.bfloat16, None, torch.device("cuda")) == 8

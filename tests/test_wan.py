@@ -272,3 +272,22 @@ def test_real_decoder_shapes_match_diffusers() -> None:
 def test_family_record() -> None:
     assert FAMILY.name == "wan" and FAMILY.diffusers_class == "AutoencoderKLWan"
     assert FAMILY.build is WanDecoder and FAMILY.detect is detect
+
+
+@pytest.mark.parametrize("variant", ["2.1", "2.2"])
+def test_multi_frame_chunks_equal_one_frame_chunks(tmp_path, variant):
+    # What a GPU run uses (memory.chunk_frames): several latent frames per call, same output.
+    from latent2mp4.engine import decode_stream
+    from latent2mp4.presets import load_preset
+    from latent2mp4.weights import load_vae, resolve_vae
+
+    from tiny_wan import make_tiny_wan
+
+    make_tiny_wan(tmp_path / "vae", variant)
+    preset = load_preset("wan" if variant == "2.1" else "wan2.2")
+    vae = load_vae(resolve_vae(str(tmp_path / "vae"), preset), preset, "cpu", torch.float32)
+    z = torch.randn(1, preset.latent_channels, 7, 4, 5, generator=torch.Generator().manual_seed(2))
+    one = torch.cat(list(decode_stream(vae.decoder, z)), dim=2)
+    assert [c.stop - c.start for c in vae.decoder.time_chunks(7, 3)] == [1, 3, 3]
+    three = torch.cat(list(decode_stream(vae.decoder, z, max_chunk_frames=3)), dim=2)
+    assert one.shape == three.shape and (one - three).abs().max() < 1e-5

@@ -299,8 +299,11 @@ class CogVideoXDecoder(nn.Module):
     def upscale(self) -> int:
         return 2 ** (len(self.cfg.block_out_channels) - 1)
 
-    def time_chunks(self, num_frames: int) -> list[Chunk]:
-        """diffusers' frame batches: pairs of latent frames, the first one 3 long if T is odd."""
+    def time_chunks(self, num_frames: int, max_frames: int = 1) -> list[Chunk]:
+        """diffusers' frame batches: pairs of latent frames, the first one 3 long if T is odd.
+
+        Fixed whatever `max_frames`: GroupNorm statistics are per batch, so the plan is exact.
+        """
         if num_frames < 1:
             raise ValueError(f"need at least one latent frame, got {num_frames}")
         first = num_frames if num_frames < _CHUNK else _CHUNK + num_frames % _CHUNK

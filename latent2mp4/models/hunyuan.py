@@ -274,8 +274,11 @@ class HunyuanDecoder(nn.Module):
     def upscale(self) -> int:
         return 2 ** sum(f is not None and f[1] == 2 for f in self.cfg.up_factors)
 
-    def time_chunks(self, num_frames: int) -> list[Chunk]:
-        """diffusers' `_decode`: one pass up to 4 latents, else `_temporal_tiled_decode`."""
+    def time_chunks(self, num_frames: int, max_frames: int = 1) -> list[Chunk]:
+        """diffusers' `_decode`: one pass up to 4 latents, else `_temporal_tiled_decode`.
+
+        Fixed whatever `max_frames`: the tiles are part of the reference's result.
+        """
         if num_frames <= TILE_LATENTS:
             return [Chunk(0, num_frames)]
         chunks = [Chunk(0, min(TILE_LATENTS + 1, num_frames), emit=TILE_SAMPLE_STRIDE + 1)]

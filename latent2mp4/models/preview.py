@@ -39,7 +39,7 @@ class PreviewDecoder(nn.Module):
     def upscale(self) -> int:
         return self.ratio
 
-    def time_chunks(self, num_frames: int) -> list[Chunk]:
+    def time_chunks(self, num_frames: int, max_frames: int = 1) -> list[Chunk]:
         first = self.frames_out(num_frames) - self.frames_per_latent * (num_frames - 1)
         drop = self.frames_per_latent - first
         return [Chunk(0, 1, drop=drop)] + [Chunk(t, t + 1) for t in range(1, num_frames)]
