@@ -263,13 +263,13 @@ def normalization_from_config(config: Mapping[str, Any] | None) -> Normalization
     return None
 
 
-def channels_last(module: nn.Module) -> None:
-    """Store conv weights channels-last, the layout oneDNN and cuDNN convolve without reordering."""
-    for p in module.parameters():
-        if p.dim() == 5:
-            p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
-        elif p.dim() == 4:
-            p.data = p.data.contiguous(memory_format=torch.channels_last)
+def channels_last(t: Tensor) -> Tensor:
+    """Conv weights channels-last: the layout oneDNN and cuDNN convolve without reordering."""
+    if t.dim() == 5:
+        return t.contiguous(memory_format=torch.channels_last_3d)
+    if t.dim() == 4:
+        return t.contiguous(memory_format=torch.channels_last)
+    return t
 
 
 def load_vae(
@@ -309,12 +309,16 @@ def load_vae(
         raise WeightsError(f"{where}: weights do not fit the config: {_offenders(wrong)}")
     state = {}
     for src, dst in mapping.items():
+        # One tensor at a time, straight to its final device, dtype and layout, so the peak is
+        # the decoder's weights plus one tensor (not two copies of every weight).
         t = entries[src][1]()
-        state[dst] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+        t = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+        state[dst] = channels_last(t)
+        del t
     decoder.load_state_dict(state, strict=True, assign=True)
+    del state
     leftovers = [n for n, t in [*decoder.named_parameters(), *decoder.named_buffers()] if t.is_meta]
     assert not leftovers, f"decoder tensors not loaded: {leftovers[:SHOWN_KEYS]}"
-    channels_last(decoder)
     decoder.eval()
     return LoadedVae(
         decoder=decoder,
