@@ -24,12 +24,13 @@ demo: install
 	$(VENV)/bin/latent2mp4 decode $(SAMPLE) --decoder preview --overwrite
 	@echo "demo video: $(abspath out/sample.mp4)"
 
-test: install
+test: install lint
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 lint: install
 	$(VENV)/bin/ruff check latent2mp4 tests scripts
 	$(VENV)/bin/ruff format --check latent2mp4 tests scripts
+	$(VENV)/bin/mypy latent2mp4
 
 bench: install
 	$(PY) -m pip install -q -e ".[bench]"

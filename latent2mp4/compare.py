@@ -108,8 +108,12 @@ def compare(
             )
         if s.size != reference.size:
             notes.append(f"{s.name}: resized {_wxh(s.size)} -> {_wxh(reference.size)} (bilinear)")
-        known = s.count is not None and reference.count is not None
-        if known and not resize and s.count != reference.count:
+        if (
+            s.count is not None
+            and reference.count is not None
+            and not resize
+            and s.count != reference.count
+        ):
             raise UsageError(_count_mismatch(reference, reference.count, s, s.count))
     per_input: list[list[FrameMetrics]] = [[] for _ in others]
     iters = [s.frames() for s in sources]
@@ -117,10 +121,11 @@ def compare(
     try:
         while True:
             frames = [next(it, None) for it in iters]
-            if any(f is None for f in frames):
+            read = [f for f in frames if f is not None]
+            if len(read) < len(frames):
                 break
-            a = frames[0]
-            for s, b, rows in zip(others, frames[1:], per_input, strict=True):
+            a = read[0]
+            for s, b, rows in zip(others, read[1:], per_input, strict=True):
                 if b.shape != a.shape:
                     b = _resize(b, reference.size)
                 rows.append(FrameMetrics(n, s.name, psnr(a, b), ssim(a, b), mae(a, b)))
@@ -146,9 +151,9 @@ def compare(
             it.close()
     if n == 0:
         raise InputError(f"{reference.path}: no frames to compare")
-    rows = tuple(r for frame in zip(*per_input, strict=True) for r in frame)
+    frame_major = tuple(r for frame in zip(*per_input, strict=True) for r in frame)
     summaries = tuple(_summary(s.name, r) for s, r in zip(others, per_input, strict=True))
-    return Comparison(reference.name, rows, summaries, tuple(notes))
+    return Comparison(reference.name, frame_major, summaries, tuple(notes))
 
 
 def _total(source: FrameSource, seen: int, rest: Frames) -> int:
@@ -268,11 +273,12 @@ def side_by_side(
         try:
             while True:
                 got = [next(it, None) for it in iters]
-                if any(f is None for f in got):
+                tiles = [f for f in got if f is not None]
+                if len(tiles) < len(got):
                     ended.extend(s.name for s, f in zip(sources, got, strict=True) if f is None)
                     return
                 canvas = np.zeros((rows * th, cols * tw, 3), np.uint8)
-                for i, f in enumerate(got):
+                for i, f in enumerate(tiles):
                     y, x = i // cols * th, i % cols * tw
                     h, w = f.shape[:2]
                     oy, ox = y + (th - h) // 2, x + (tw - w) // 2

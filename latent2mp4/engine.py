@@ -105,9 +105,9 @@ def _decode_tiled(
     keep_h, keep_w = (s * up for s in grid.stride)
     tiles: list[list[Tensor]] = []
     k = 0
-    for row in origins:
+    for origin_row in origins:
         tiles.append([])
-        for i, j in row:
+        for i, j in origin_row:
             part = z[..., i : i + grid.size[0], j : j + grid.size[1]]
             tiles[-1].append(decoder.decode_chunk(part, states[k]))
             k += 1

@@ -261,7 +261,7 @@ def save_latents(
     """
     if latent_space not in ("model", "vae"):
         raise UsageError(f"latent_space must be 'model' or 'vae', not {latent_space!r}")
-    meta = {META_PREFIX + "latent_space": latent_space}
+    meta: dict[str, str] = {META_PREFIX + "latent_space": latent_space}
     if model is not None:
         meta[META_PREFIX + "model"] = model
     if fps is not None:

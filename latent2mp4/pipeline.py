@@ -7,11 +7,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from latent2mp4 import __version__
 from latent2mp4.device import pick_device, pick_dtype
@@ -39,6 +39,9 @@ from latent2mp4.models.preview import PreviewDecoder
 from latent2mp4.presets import Preset, builtin_presets, load_preset
 from latent2mp4.video import EncodeOptions, check_output, write_video
 from latent2mp4.weights import load_vae, resolve_vae
+
+if TYPE_CHECKING:
+    from latent2mp4.models.family import StreamModule
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +226,7 @@ def plan(path: Path, opts: DecodeOptions, root: Path | None = None) -> Job:
     )
     grid, tiling_note = choose_grid(opts, preset, sel.z, device, dtype, path)
     notes += (tiling_note,) if tiling_note else ()
-    per_call = chunk_frames(preset, *sel.z.shape[-2:], dtype, grid, device)
+    per_call = chunk_frames(preset, sel.z.shape[-2], sel.z.shape[-1], dtype, grid, device)
     return Job(lf, preset, sel.z, space, videos, fps, notes, grid, per_call)
 
 
@@ -293,7 +296,7 @@ def choose_grid(
 class Decoder:
     """A ready decoder plus how to bring a job's latents into its input space."""
 
-    module: nn.Module
+    module: StreamModule
     prepare: Callable[[Job, Tensor], Tensor]  # (job, stored latents) → decoder input
     device: torch.device
     dtype: torch.dtype
@@ -304,7 +307,7 @@ def build_decoder(opts: DecodeOptions, preset: Preset) -> Decoder:
     """Load the VAE (or make the preview decoder) once; it can serve many jobs of this preset."""
     device = pick_device(opts.device)
     if opts.decoder == "preview":
-        module = PreviewDecoder(preset).to(device)
+        module = cast("StreamModule", PreviewDecoder(preset).to(device))
 
         def to_model_space(job: Job, z: Tensor) -> Tensor:
             z = z.float()
@@ -399,11 +402,8 @@ def validate(opts: DecodeOptions, n_inputs: int = 1) -> None:
         raise UsageError("--out and --out-dir exclude each other")
     if opts.overwrite and opts.skip_existing:
         raise UsageError("--overwrite and --skip-existing exclude each other")
-    preset = (
-        load_preset(str(opts.preset) if opts.preset else opts.model)
-        if (opts.preset or opts.model)
-        else None
-    )
+    name = str(opts.preset) if opts.preset else opts.model
+    preset = load_preset(name) if name else None
     device = pick_device(opts.device)
     if preset is not None:
         pick_dtype(opts.dtype, device, preset, opts.lossless)

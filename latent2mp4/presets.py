@@ -52,8 +52,8 @@ class Normalization:
 class Preview:
     """Linear latent-to-RGB factors for the weightless preview decoder (model-space latents)."""
 
-    factors: tuple[tuple[float, float, float], ...]  # one row per latent channel
-    bias: tuple[float, float, float]
+    factors: tuple[tuple[float, ...], ...]  # one (r, g, b) row per latent channel
+    bias: tuple[float, ...]  # (r, g, b); Preset._check insists on 3 values
     approximate: bool  # no published factors: colours are only a rough guess
 
 
@@ -137,7 +137,12 @@ class Preset:
             raise UsageError(f"{where}: layout must be BCFHW or BFCHW, not {self.layout}")
         if self.frames_rule not in ("causal", "paired"):
             raise UsageError(f"{where}: frames_rule must be causal or paired")
-        if len(self.preview.factors) != self.latent_channels or len(self.preview.bias) != 3:
+        rows_ok = all(len(r) == 3 for r in self.preview.factors)
+        if (
+            len(self.preview.factors) != self.latent_channels
+            or len(self.preview.bias) != 3
+            or not rows_ok
+        ):
             raise UsageError(
                 f"{where}: preview needs {self.latent_channels} factor rows and 3 biases"
             )

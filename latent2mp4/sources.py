@@ -81,7 +81,8 @@ def _open_latent(
 
     def frames() -> Frames:
         z = dec.prepare(job, job.latents(first))
-        yield from to_frames(decode_stream(dec.module, z, job.grid, dec.device, dec.dtype))
+        chunks = decode_stream(dec.module, z, job.grid, dec.device, dec.dtype, job.chunk_frames)
+        yield from to_frames(chunks)
 
     h, w = (d * job.preset.spatial_ratio for d in job.z.shape[-2:])
     return FrameSource(name, path, (h, w), job.frames, job.fps, frames, notes)

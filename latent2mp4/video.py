@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import IO
 
 import imageio_ffmpeg
 import numpy as np
@@ -215,7 +216,7 @@ def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray
     yield from rest
 
 
-def _tail(err: tempfile._TemporaryFileWrapper) -> str:  # type: ignore[type-arg]
+def _tail(err: IO[bytes]) -> str:
     err.seek(0)
     lines = [ln.strip() for ln in err.read().decode(errors="replace").splitlines() if ln.strip()]
     return " | ".join(lines[-STDERR_TAIL_LINES:])

@@ -8,16 +8,19 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from safetensors import SafetensorError, safe_open
-from torch import Tensor, nn
+from torch import Tensor
 
 from latent2mp4.errors import WeightsError
 from latent2mp4.models import all_families, get_family
 from latent2mp4.models.family import Family
 from latent2mp4.presets import Normalization, Preset
+
+if TYPE_CHECKING:
+    from latent2mp4.models.family import StreamModule
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
@@ -38,7 +41,7 @@ class VaeSource:
 
 @dataclass(frozen=True)
 class LoadedVae:
-    decoder: nn.Module  # an engine.StreamDecoder
+    decoder: StreamModule
     family: Family
     normalization: Normalization | None  # from config.json; overrides the preset's
     description: str
@@ -200,7 +203,11 @@ def _pickle_entries(path: Path) -> dict[str, tuple[tuple[int, ...], Reader]]:
     if not isinstance(obj, Mapping):
         raise WeightsError(f"{path}: holds a {type(obj).__name__}, not a state dict")
     tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
-    return {k: (tuple(v.shape), (lambda v=v: v)) for k, v in tensors.items()}
+    return {k: (tuple(v.shape), _constant(v)) for k, v in tensors.items()}
+
+
+def _constant(t: Tensor) -> Reader:
+    return lambda: t
 
 
 def _strip_prefix(entries: dict[str, Any]) -> dict[str, Any]:
@@ -321,7 +328,8 @@ def load_vae(
     assert not leftovers, f"decoder tensors not loaded: {leftovers[:SHOWN_KEYS]}"
     decoder.eval()
     return LoadedVae(
-        decoder=decoder,
+        # Family.build makes the family's StreamDecoder (typed as a plain nn.Module there).
+        decoder=cast("StreamModule", decoder),
         family=family,
         normalization=normalization_from_config(source.config),
         description=where,

@@ -19,7 +19,7 @@ class CausalToy:
 
     upscale = 4
 
-    def time_chunks(self, n: int) -> list[Chunk]:
+    def time_chunks(self, n: int, max_frames: int = 1) -> list[Chunk]:
         return [Chunk(t, t + 1) for t in range(n)]
 
     def new_state(self) -> Sum:
@@ -81,7 +81,7 @@ class Overlapping(CausalToy):
 
     upscale = 1
 
-    def time_chunks(self, n: int) -> list[Chunk]:
+    def time_chunks(self, n: int, max_frames: int = 1) -> list[Chunk]:
         starts = range(0, n, 2)
         return [
             Chunk(s, min(s + 3, n), blend=1 if s else 0, drop=1 if s else 0, emit=2) for s in starts

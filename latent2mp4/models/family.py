@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 Shapes = Mapping[str, tuple[int, ...]]
+
+if TYPE_CHECKING:
+    from latent2mp4.engine import StreamDecoder
+
+    class StreamModule(nn.Module, StreamDecoder):
+        """A built decoder as the type checker sees it: an `nn.Module` that also implements the
+        engine's `StreamDecoder`. Only for type checking; no decoder class inherits it, so the
+        place that builds a decoder casts to it once."""
 
 
 @dataclass(frozen=True)

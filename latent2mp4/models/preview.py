@@ -26,6 +26,10 @@ class PreviewDecoder(nn.Module):
     """
 
     input_space = "model"
+    # Buffers registered in __init__ (declared here for the type checker; nn.Module's
+    # __getattr__ would otherwise type them `Tensor | Module`).
+    factors: Tensor
+    bias: Tensor
 
     def __init__(self, preset: Preset) -> None:
         super().__init__()

@@ -8,6 +8,7 @@ without renaming. Every module works on `(B, C, T, H, W)` tensors; temporal cont
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -150,7 +151,7 @@ class Upsample(nn.Module):
         # Nearest copies values, so doing it in the input dtype equals diffusers' float32 round
         # trip (`WanUpsample`) bit for bit without the extra full-size copies.
         x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest-exact")
-        conv = self.resample[1]
+        conv = cast(nn.Conv2d, self.resample[1])
         return F.conv3d(x, conv.weight.unsqueeze(2), conv.bias, padding=(0, 1, 1))
 
     def _double_time(self, x: Tensor, state: WanState) -> Tensor:
