@@ -184,7 +184,7 @@ class ResidualUpBlock(nn.Module):
         if self.upsampler is None:
             return x
         x = self.upsampler(x, state)
-        return x + dup_up(skip, self.out_dim, self.factor_t, 2, first=not state.started)
+        return x.add_(dup_up(skip, self.out_dim, self.factor_t, 2, first=not state.started))
 
 
 class Decoder3d(nn.Module):
