@@ -27,16 +27,10 @@ from latent2mp4.latents import (
     resolve_latent_space,
     select_video,
 )
-from latent2mp4.memory import (
-    BUDGET_SHARE,
-    GIB,
-    PREVIEW_BYTES_PER_PIXEL,
-    available_bytes,
-    chunk_frames,
-    estimate,
-)
+from latent2mp4.memory import chunk_frames
 from latent2mp4.models.preview import PreviewDecoder
 from latent2mp4.presets import Preset, builtin_presets, load_preset
+from latent2mp4.tiling import choose_grid, tile_grid
 from latent2mp4.video import EncodeOptions, check_output, write_video
 from latent2mp4.weights import load_vae, resolve_vae
 
@@ -224,72 +218,20 @@ def plan(path: Path, opts: DecodeOptions, root: Path | None = None) -> Job:
         if opts.decoder == "preview"
         else pick_dtype(opts.dtype, device, preset, opts.lossless)
     )
-    grid, tiling_note = choose_grid(opts, preset, sel.z, device, dtype, path)
+    grid, tiling_note = choose_grid(
+        preset,
+        (sel.z.shape[-2], sel.z.shape[-1]),
+        device,
+        dtype,
+        path,
+        tile_size=opts.tile_size,
+        tile_stride=opts.tile_stride,
+        no_tile=opts.no_tile,
+        preview=opts.decoder == "preview",
+    )
     notes += (tiling_note,) if tiling_note else ()
     per_call = chunk_frames(preset, sel.z.shape[-2], sel.z.shape[-1], dtype, grid, device)
     return Job(lf, preset, sel.z, space, videos, fps, notes, grid, per_call)
-
-
-def tile_grid(opts: DecodeOptions, preset: Preset) -> TileGrid:
-    """The tiles --tile-size/--tile-stride ask for, else the preset's."""
-    size = (opts.tile_size,) * 2 if opts.tile_size else preset.tile_size
-    if opts.tile_stride:
-        stride = (opts.tile_stride,) * 2
-    elif opts.tile_size:
-        r = preset.spatial_ratio
-        stride = (max(r, opts.tile_size * 3 // 4 // r * r),) * 2
-    else:
-        stride = preset.tile_stride
-    try:
-        return TileGrid.from_pixels(size, stride, preset.spatial_ratio)
-    except ValueError as e:
-        raise UsageError(f"--tile-size/--tile-stride: {e}") from None
-
-
-def choose_grid(
-    opts: DecodeOptions,
-    preset: Preset,
-    z: Tensor,
-    device: torch.device,
-    dtype: torch.dtype,
-    where: Path,
-) -> tuple[TileGrid | None, str | None]:
-    """Untiled when it fits in memory (exactly diffusers' default decode), else tiles.
-
-    --tile-size forces tiles, --no-tile forbids them; a decode that cannot fit either way is
-    refused before any weights are loaded. Returns the grid and a note when auto-tiling kicked in.
-    """
-    h, w = z.shape[-2:]
-    size = f"{w * preset.spatial_ratio}x{h * preset.spatial_ratio}"
-    budget = available_bytes(device) * BUDGET_SHARE
-    avail = f"{budget / GIB:.1f} GiB usable on {device.type}"
-    if opts.decoder == "preview":
-        est = estimate(preset, h, w, dtype, None, bytes_per_pixel=PREVIEW_BYTES_PER_PIXEL)
-        if est.bytes > budget:
-            raise InputError(f"{where}: {size} frames need about {est.gib:.1f} GiB; {avail}")
-        return None, None
-    forced = opts.tile_size is not None or opts.tile_stride is not None
-    grid = None if opts.no_tile else tile_grid(opts, preset)
-    untiled = estimate(preset, h, w, dtype, None)
-    if not forced and untiled.bytes <= budget:
-        return None, None
-    if grid is None:
-        raise InputError(
-            f"{where}: decoding {size} frames untiled needs about {untiled.gib:.1f} GiB; {avail} "
-            "(drop --no-tile)"
-        )
-    tiled = estimate(preset, h, w, dtype, grid)
-    if tiled.bytes > budget:
-        raise InputError(
-            f"{where}: {size} frames need about {tiled.gib:.1f} GiB even in tiles; {avail}"
-        )
-    if forced:
-        return tiled.grid, None
-    tile = f"{grid.size[1] * preset.spatial_ratio}x{grid.size[0] * preset.spatial_ratio}"
-    return (
-        tiled.grid,
-        f"tiled in {tile} px tiles: untiled needs about {untiled.gib:.1f} GiB; {avail}",
-    )
 
 
 @dataclass(frozen=True)
@@ -408,7 +350,7 @@ def validate(opts: DecodeOptions, n_inputs: int = 1) -> None:
     if preset is not None:
         pick_dtype(opts.dtype, device, preset, opts.lossless)
         if opts.decoder == "vae":
-            tile_grid(opts, preset)
+            tile_grid(preset, opts.tile_size, opts.tile_stride)
     enc = encode_options(opts, opts.fps or 1.0, {})
     enc.check(
         opts.out if opts.out is not None and opts.out.suffix else Path("x" + enc.default_suffix())

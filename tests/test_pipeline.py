@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from latent2mp4 import memory, pipeline
+from latent2mp4 import memory, tiling
 from latent2mp4.errors import InputError
 from latent2mp4.pipeline import DecodeOptions, build_decoder, plan, run_job
 from latent2mp4.video import read_video
@@ -54,14 +54,14 @@ def test_untiled_when_it_fits_tiled_when_it_does_not(tmp_path, wan_vae, monkeypa
         plan(tmp_path / "z.safetensors", opts).preset, 40, 40, torch.float32, None
     )
     monkeypatch.setattr(
-        pipeline, "available_bytes", lambda device: int(need.bytes / memory.BUDGET_SHARE) - 1
+        tiling, "available_bytes", lambda device: int(need.bytes / memory.BUDGET_SHARE) - 1
     )
     job = plan(tmp_path / "z.safetensors", opts)
     assert job.grid is not None and job.grid.size == (32, 32)
     assert any("tiled in 256x256 px tiles" in n for n in job.notes)
     with pytest.raises(InputError, match="untiled needs about .* GiB.*--no-tile"):
         plan(tmp_path / "z.safetensors", DecodeOptions(model="wan", no_tile=True, dtype="fp32"))
-    monkeypatch.setattr(pipeline, "available_bytes", lambda device: 1 << 20)
+    monkeypatch.setattr(tiling, "available_bytes", lambda device: 1 << 20)
     with pytest.raises(InputError, match="even in tiles"):
         plan(tmp_path / "z.safetensors", opts)
 

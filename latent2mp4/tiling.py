@@ -1,0 +1,79 @@
+"""Whether and how to tile a decode: the grid asked for, weighed against the memory available."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from latent2mp4.engine import TileGrid
+from latent2mp4.errors import InputError, UsageError
+from latent2mp4.memory import BUDGET_SHARE, GIB, PREVIEW_BYTES_PER_PIXEL, available_bytes, estimate
+from latent2mp4.presets import Preset
+
+
+def tile_grid(preset: Preset, tile_size: int | None, tile_stride: int | None) -> TileGrid:
+    """The tiles --tile-size/--tile-stride (output pixels) ask for, else the preset's."""
+    size = (tile_size,) * 2 if tile_size else preset.tile_size
+    if tile_stride:
+        stride = (tile_stride,) * 2
+    elif tile_size:
+        r = preset.spatial_ratio
+        stride = (max(r, tile_size * 3 // 4 // r * r),) * 2
+    else:
+        stride = preset.tile_stride
+    try:
+        return TileGrid.from_pixels(size, stride, preset.spatial_ratio)
+    except ValueError as e:
+        raise UsageError(f"--tile-size/--tile-stride: {e}") from None
+
+
+def choose_grid(
+    preset: Preset,
+    latent_hw: tuple[int, int],
+    device: torch.device,
+    dtype: torch.dtype,
+    where: Path,
+    *,
+    tile_size: int | None = None,
+    tile_stride: int | None = None,
+    no_tile: bool = False,
+    preview: bool = False,
+) -> tuple[TileGrid | None, str | None]:
+    """Untiled when it fits in memory (exactly diffusers' default decode), else tiles.
+
+    A tile size or stride forces tiles, `no_tile` forbids them; a decode that cannot fit either
+    way is refused before any weights are loaded. Returns the grid and a note when auto-tiling
+    kicked in.
+    """
+    h, w = latent_hw
+    size = f"{w * preset.spatial_ratio}x{h * preset.spatial_ratio}"
+    budget = available_bytes(device) * BUDGET_SHARE
+    avail = f"{budget / GIB:.1f} GiB usable on {device.type}"
+    if preview:
+        est = estimate(preset, h, w, dtype, None, bytes_per_pixel=PREVIEW_BYTES_PER_PIXEL)
+        if est.bytes > budget:
+            raise InputError(f"{where}: {size} frames need about {est.gib:.1f} GiB; {avail}")
+        return None, None
+    forced = tile_size is not None or tile_stride is not None
+    grid = None if no_tile else tile_grid(preset, tile_size, tile_stride)
+    untiled = estimate(preset, h, w, dtype, None)
+    if not forced and untiled.bytes <= budget:
+        return None, None
+    if grid is None:
+        raise InputError(
+            f"{where}: decoding {size} frames untiled needs about {untiled.gib:.1f} GiB; {avail} "
+            "(drop --no-tile)"
+        )
+    tiled = estimate(preset, h, w, dtype, grid)
+    if tiled.bytes > budget:
+        raise InputError(
+            f"{where}: {size} frames need about {tiled.gib:.1f} GiB even in tiles; {avail}"
+        )
+    if forced:
+        return tiled.grid, None
+    tile = f"{grid.size[1] * preset.spatial_ratio}x{grid.size[0] * preset.spatial_ratio}"
+    return (
+        tiled.grid,
+        f"tiled in {tile} px tiles: untiled needs about {untiled.gib:.1f} GiB; {avail}",
+    )
