@@ -5,16 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from latent2mp4.latents import COMFY_MARKER, PREFERRED_KEYS, list_tensors
+from latent2mp4.latents import COMFY_MARKER, PREFERRED_KEYS, infer_layout, list_tensors
 from latent2mp4.presets import Preset, builtin_presets
 
 
-def _video_dims(shape: list[int], preset: Preset) -> tuple[int, int, int, int] | None:
-    """(channels, frames, h, w) of a tensor read with the preset's layout, or None."""
+def _video_dims(shape: list[int], preset: Preset, comfy: bool) -> tuple[int, int, int, int] | None:
+    """(channels, frames, h, w) of a tensor read in the layout `decode` would use, or None."""
     if len(shape) < 4 or len(shape) > 6:
         return None
-    c, t = (shape[-4], shape[-3]) if preset.layout == "BCFHW" else (shape[-3], shape[-4])
-    return c, t, shape[-2], shape[-1]
+    full = (1,) * (6 - len(shape)) + tuple(shape)
+    layout, _ = infer_layout(full, preset, comfy)
+    c, t = (full[2], full[3]) if layout == "BCFHW" else (full[3], full[2])
+    return c, t, full[4], full[5]
 
 
 def describe_file(path: Path) -> dict[str, Any]:
@@ -22,11 +24,12 @@ def describe_file(path: Path) -> dict[str, Any]:
     tensors, metadata = list_tensors(path)
     names = [k for k in tensors if k != COMFY_MARKER]
     key = names[0] if len(names) == 1 else next((k for k in PREFERRED_KEYS if k in tensors), None)
+    comfy = COMFY_MARKER in tensors or path.suffix == ".latent"
     fits = []
     if key is not None:
         shape = tensors[key][1]
         for p in builtin_presets().values():
-            dims = _video_dims(shape, p)
+            dims = _video_dims(shape, p, comfy)
             if dims is None or dims[0] != p.latent_channels:
                 continue
             _, t, h, w = dims

@@ -149,8 +149,7 @@ def select_video(
     """
     x, path, notes = lf.tensor, lf.path, []
     steps: tuple[int | None, ...] = (None,)
-    layout = layout or preset.layout
-    if layout not in ("BCFHW", "BFCHW"):
+    if layout is not None and layout not in ("BCFHW", "BFCHW"):
         raise UsageError(f"--layout must be BCFHW or BFCHW, not {layout}")
     if x.dtype not in FLOAT_DTYPES:
         raise InputError(
@@ -175,6 +174,10 @@ def select_video(
             f"{path}: latents have shape {shape}; "
             "expected (C,F,H,W), (B,C,F,H,W) or (steps,B,C,F,H,W)"
         )
+    if layout is None:
+        layout, why = infer_layout(tuple(x.shape), preset, lf.comfy)
+        if why:
+            notes.append(why)
     if layout == "BFCHW":
         x = x.permute(0, 1, 3, 2, 4, 5)
     if any(s == 0 for s in x.shape):
@@ -195,6 +198,22 @@ def select_video(
             f"dropped {pad} leading padding latent frame(s), as the {preset.name} pipeline does"
         )
     return Selection(z=x, steps=steps, notes=tuple(notes))
+
+
+def infer_layout(shape: tuple[int, ...], preset: Preset, comfy: bool) -> tuple[str, str | None]:
+    """The layout of `(S, B, ?, ?, h, w)`, and a note when it is not the expected one.
+
+    Expected: ComfyUI's (B, C, F, H, W) for its files, else the preset's. The other layout is taken
+    only when it alone gives the model's channel count (a CogVideoX latent saved channels-first, a
+    Wan latent saved frames-first), so an unambiguous file never needs --layout.
+    """
+    expected = "BCFHW" if comfy else preset.layout
+    other = "BFCHW" if expected == "BCFHW" else "BCFHW"
+    channels = {"BCFHW": shape[2], "BFCHW": shape[3]}
+    c = preset.latent_channels
+    if channels[expected] != c and channels[other] == c:
+        return other, f"read as {other}: only that gives {c} channels (--layout to force)"
+    return expected, None
 
 
 def channel_hint(channels: int, preset: Preset) -> str:

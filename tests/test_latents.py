@@ -131,6 +131,36 @@ def test_bfchw_layout_is_permuted(tmp_path):
     assert select_video(lf, WAN, layout="BFCHW").z.shape == (1, 1, 16, 3, 4, 5)
 
 
+def test_the_other_layout_is_taken_only_when_it_alone_fits(tmp_path):
+    cog = load_preset("cogvideox")
+    x = latents((1, 16, 3, 4, 5))  # B, C, F, H, W: a CogVideoX latent saved channels-first
+    lf = read_latent_file(write(tmp_path / "c.safetensors", {"latents": x}))
+    sel = select_video(lf, cog)
+    assert torch.equal(sel.z[0], x) and "read as BCFHW" in sel.notes[0]
+    frames_first = read_latent_file(
+        write(tmp_path / "w.safetensors", {"latents": x.transpose(1, 2).contiguous()})
+    )
+    assert torch.equal(select_video(frames_first, WAN).z[0], x)
+    # 16 frames of 16 channels: ambiguous, so the preset's layout holds, and --layout is obeyed.
+    square = read_latent_file(
+        write(tmp_path / "s.safetensors", {"latents": latents((1, 16, 16, 2, 3))})
+    )
+    assert (
+        select_video(square, cog).z.shape == (1, 1, 16, 16, 2, 3)
+        and not select_video(square, cog).notes
+    )
+    with pytest.raises(InputError, match="3 channels"):
+        select_video(lf, cog, layout="BFCHW")
+
+
+def test_comfyui_files_are_channels_first_whatever_the_preset(tmp_path):
+    x = latents((1, 16, 16, 2, 3))  # ambiguous shape: ComfyUI's own layout decides
+    f = write(
+        tmp_path / "a.latent", {"latent_tensor": x, "latent_format_version_0": torch.tensor([])}
+    )
+    assert torch.equal(select_video(read_latent_file(f), load_preset("cogvideox")).z[0], x)
+
+
 @pytest.mark.parametrize(
     "tensor,message",
     [
