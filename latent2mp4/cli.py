@@ -72,8 +72,10 @@ def _errors() -> Iterator[None]:
     except Latent2Mp4Error as e:
         err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt:
-        err.print("interrupted; partial output removed")
+    except KeyboardInterrupt as e:
+        where = getattr(e, "path", None)
+        text = f"interrupted; the partial {where} was removed" if where else "interrupted"
+        err.print(text, highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
 
 
@@ -213,8 +215,9 @@ def _report(o: Outcome, single: bool, quiet: bool, report: Path | None) -> Outco
         return o
     for r in o.results:
         if not quiet:
+            where = "" if single else f"{r.output}: "  # in a batch, say which file
             for note in r.notes:
-                err.print(f"[dim]note:[/dim] {note}", highlight=False, soft_wrap=True)
+                err.print(f"[dim]note:[/dim] {where}{note}", highlight=False, soft_wrap=True)
         if r.skipped:
             status = "skipped (exists)"
         else:

@@ -23,3 +23,11 @@ class WeightsError(Latent2Mp4Error):
 
 class OutputError(Latent2Mp4Error):
     """An output that exists, cannot be written, or an ffmpeg failure."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C while writing `path`; its temporary file has already been removed."""
+
+    def __init__(self, path: object) -> None:
+        super().__init__(str(path))
+        self.path = path

@@ -16,7 +16,7 @@ from typing import IO
 import imageio_ffmpeg
 import numpy as np
 
-from latent2mp4.errors import OutputError, UsageError
+from latent2mp4.errors import Interrupted, OutputError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -198,11 +198,17 @@ def write_video(
             proc.stdin.close()
             rc = proc.wait()
             if rc != 0:
-                raise OutputError(f"{path}: ffmpeg failed ({_tail(err) or f'exit code {rc}'})")
+                raise OutputError(f"{path}: ffmpeg failed ({_tail(err) or _exit_reason(rc)})")
         except BrokenPipeError:
-            proc.wait()
+            rc = proc.wait()
             tmp.unlink(missing_ok=True)
-            raise OutputError(f"{path}: ffmpeg stopped ({_tail(err) or 'no message'})") from None
+            raise OutputError(
+                f"{path}: ffmpeg stopped ({_tail(err) or _exit_reason(rc)})"
+            ) from None
+        except KeyboardInterrupt:
+            _kill(proc)
+            tmp.unlink(missing_ok=True)
+            raise Interrupted(path) from None
         except BaseException:
             _kill(proc)
             tmp.unlink(missing_ok=True)
@@ -220,6 +226,18 @@ def _tail(err: IO[bytes]) -> str:
     err.seek(0)
     lines = [ln.strip() for ln in err.read().decode(errors="replace").splitlines() if ln.strip()]
     return " | ".join(lines[-STDERR_TAIL_LINES:])
+
+
+def _exit_reason(rc: int) -> str:
+    """What a silent ffmpeg exit means: a signal (negative code) is named, SIGXFSZ explained."""
+    if rc >= 0:
+        return f"exit code {rc}"
+    try:
+        name = signal.Signals(-rc).name
+    except ValueError:
+        return f"killed by signal {-rc}"
+    hint = " (the file-size limit or the disk is full)" if name == "SIGXFSZ" else ""
+    return f"killed by {name}{hint}"
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:

@@ -193,7 +193,12 @@ def _pickle_entries(path: Path) -> dict[str, tuple[tuple[int, ...], Reader]]:
         # weights_only refuses arbitrary pickled objects; mmap skips reading encoder weights.
         obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - pickle, zip and unpickler errors have no common base
-        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        # torch's refusal is a page of advice; the global it refused is the useful part.
+        refused = re.search(r"unsupported (?:global:? )?GLOBAL ([\w.]+)", str(e), re.IGNORECASE)
+        if refused:
+            reason = f"it pickles {refused.group(1)}, not just tensors"
+        else:
+            reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
         raise WeightsError(
             f"{path}: cannot load as a weights-only PyTorch checkpoint ({reason})"
         ) from None

@@ -14,8 +14,8 @@ diffusers: `from_pretrained`, the pipeline's de-normalisation, `vae.decode`, `po
 `export_to_video`. Tools alternate run by run; medians are reported.
 - wall: load weights + read latents + decode + write the video (imports excluded); process: the
   whole subprocess, timed by the parent.
-- peak RSS: `ru_maxrss` of the Python process, so it includes the weights (diffusers loads the
-  encoder too); ffmpeg is a separate process for both tools and is not counted.
+- peak RSS: the Python process's own high-water mark (VmHWM), so it includes the weights
+  (diffusers loads the encoder too); ffmpeg is a separate process for both tools and is not counted.
 - PSNR: one extra untimed run per tool (also a warm-up). Ours writes a lossless RGB file
   (`lossless=True`: libx264rgb QP 0) that is read back; diffusers' postprocessed frames are
   ×255 and rounded (`export_to_video` truncates; we round both sides). bf16 rows also give ours
@@ -139,10 +139,14 @@ def machine() -> dict[str, Any]:
             return ""
 
     ram = proc("/proc/meminfo", "MemTotal").split()
+    flags = set(proc("/proc/cpuinfo", "flags").split())
+    # bf16 speed depends on these: AMX tiles are far faster than AVX-512 BF16 dot products.
+    bf16 = ", ".join(f for f in ("amx_bf16", "avx512_bf16") if f in flags) or "no bf16 units"
     cores = (
         os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 0)
     )
-    return dict(cpu=proc("/proc/cpuinfo", "model name") or platform.processor(), cores=len(cores),
+    return dict(cpu=proc("/proc/cpuinfo", "model name") or platform.processor(), bf16=bf16,
+                cores=len(cores),
                 ram_gib=round(int(ram[0]) / 2**20, 1) if ram else None, torch=torch.__version__,
                 torch_threads=torch.get_num_threads(), diffusers=version("diffusers"),
                 python=platform.python_version(), os=platform.platform())  # fmt: skip
@@ -152,9 +156,18 @@ def machine() -> dict[str, Any]:
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident set so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+    """This process's peak resident set so far.
+
+    Linux: VmHWM, the high-water mark of this process's own address space. Not ru_maxrss: a
+    child started by vfork (as subprocess does) inherits the parent's high-water mark at exec,
+    so a light run after the parent built a model would report the parent's peak.
+    """
+    try:
+        status = Path("/proc/self/status").read_text().splitlines()
+        return next(int(x.split()[1]) for x in status if x.startswith("VmHWM:")) / 2**10
+    except (OSError, StopIteration):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
 def child(a: argparse.Namespace) -> None:
@@ -407,7 +420,7 @@ def main() -> None:
     mach = machine()
     command = "python scripts/bench.py " + " ".join(sys.argv[1:])
     desc = (
-        f"{mach['cpu']}, {mach['cores']} usable cores, "
+        f"{mach['cpu']} ({mach['bf16']}), {mach['cores']} usable cores, "
         f"{mach['ram_gib']} GiB RAM; torch {mach['torch']} ({mach['torch_threads']} threads), "
         f"diffusers {mach['diffusers']}, Python {mach['python']}, {mach['os']}"
     )
@@ -416,7 +429,7 @@ def main() -> None:
     stem = "results" if is_speed else "memory_scaling"
     notes = (
         "wall: load weights + read latents + decode + write the video (median; imports excluded); "
-        "process: the whole subprocess. Peak RSS: ru_maxrss of the Python process (weights "
+        "process: the whole subprocess. Peak RSS: VmHWM of the Python process (weights "
         "included; diffusers also loads the encoder; ffmpeg not counted). PSNR on uint8 frames "
         "(rounded both sides); ours from a lossless file. Random weights: timing only."
     )
