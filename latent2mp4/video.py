@@ -236,7 +236,7 @@ def _exit_reason(rc: int) -> str:
         name = signal.Signals(-rc).name
     except ValueError:
         return f"killed by signal {-rc}"
-    hint = " (the file-size limit or the disk is full)" if name == "SIGXFSZ" else ""
+    hint = ": file-size limit reached or disk full" if name == "SIGXFSZ" else ""
     return f"killed by {name}{hint}"
 
 
