@@ -28,7 +28,7 @@ from latent2mp4.batch import (
 from latent2mp4.compare import Comparison, open_all, plot_psnr, write_csv
 from latent2mp4.compare import compare as run_compare
 from latent2mp4.compare import side_by_side as make_side_by_side
-from latent2mp4.errors import Latent2Mp4Error, UsageError
+from latent2mp4.errors import Interrupted, Latent2Mp4Error, UsageError
 from latent2mp4.info import describe_file
 from latent2mp4.pipeline import DecodeOptions, Job, validate
 from latent2mp4.presets import builtin_presets
@@ -73,8 +73,8 @@ def _errors() -> Iterator[None]:
         err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt as e:
-        where = getattr(e, "path", None)
-        text = f"interrupted; the partial {where} was removed" if where else "interrupted"
+        partial = e.path if isinstance(e, Interrupted) else None
+        text = f"interrupted; the partial {partial} was removed" if partial else "interrupted"
         err.print(text, highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
 

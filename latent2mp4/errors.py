@@ -1,5 +1,7 @@
 """Exceptions the CLI turns into one-line messages; anything else is a bug."""
 
+from pathlib import Path
+
 
 class Latent2Mp4Error(Exception):
     """Base of every error a user can cause; its message is one line and says what to do."""
@@ -28,6 +30,6 @@ class OutputError(Latent2Mp4Error):
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C while writing `path`; its temporary file has already been removed."""
 
-    def __init__(self, path: object) -> None:
+    def __init__(self, path: Path) -> None:
         super().__init__(str(path))
         self.path = path
