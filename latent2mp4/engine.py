@@ -11,6 +11,7 @@ concatenated along time, so peak memory is bounded by one chunk.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -126,6 +127,25 @@ def _decode_tiled(
     return torch.cat(rows, dim=3)[..., : h * up, : w * up]
 
 
+@contextmanager
+def exact_fp32(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """fp32 on CUDA means fp32: no TF32 convolutions or matmuls while it lasts.
+
+    PyTorch lets cuDNN convolve fp32 in TF32 by default, which moves a decode by ~1e-3 and costs
+    the bit-faithful output fp32 (and --lossless) is asked for. The flags are process-wide, so
+    they are restored afterwards.
+    """
+    if device.type != "cuda" or dtype != torch.float32:
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def decode_stream(
     decoder: StreamDecoder,
     z: Tensor,
@@ -155,7 +175,7 @@ def decode_stream(
     states = [decoder.new_state() for _ in range(n_states)]
     up = decoder.upscale
     prev: Tensor | None = None
-    with torch.inference_mode():
+    with torch.inference_mode(), exact_fp32(torch.device(device), dtype):
         for chunk in decoder.time_chunks(T, max_chunk_frames):
             part = z[:, :, chunk.start : chunk.stop].to(device=device, dtype=dtype)
             if tiled and grid is not None:

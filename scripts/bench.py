@@ -1,9 +1,10 @@
-"""Benchmark latent2mp4 against diffusers on the same latents and the same weights (CPU).
+"""Benchmark latent2mp4 against diffusers on the same latents and the same weights (CPU or CUDA).
 
     python scripts/bench.py                        # speed: every family, fp32 and bf16, 3 runs each
     python scripts/bench.py --families wan --dtypes fp32 --repeats 5
     python scripts/bench.py --mode scale           # peak RSS for 6/11/21/41 latent frames (Wan)
     python scripts/bench.py --quick                # tiny test configs: seconds (the smoke test)
+    python scripts/bench.py --device cuda --families wan --frames 21 --size 60,104   # GPU, 480p
 
 Setup, cached in --workdir (default out/bench/): each family's real-size default diffusers VAE
 (`AutoencoderKL*()` defaults; Wan 2.2 with the TI2V-5B arguments) with seeded default-init weights,
@@ -180,7 +181,7 @@ def child(a: argparse.Namespace) -> None:
         from latent2mp4 import DecodeOptions, decode_file
         from latent2mp4.video import read_video
 
-        opts = DecodeOptions(model=fam.preset, vae=a.vae, out=a.out, device="cpu", dtype=a.dtype,
+        opts = DecodeOptions(model=fam.preset, vae=a.vae, out=a.out, device=a.device, dtype=a.dtype,
                              overwrite=True, lossless=a.frames_npy is not None)  # fmt: skip
         start = time.perf_counter()
         res = decode_file(a.latents, opts)[0]
@@ -200,10 +201,11 @@ def child(a: argparse.Namespace) -> None:
         fps = load_preset(fam.preset).fps
         start = time.perf_counter()
         vae = getattr(diffusers, fam.cls).from_pretrained(a.vae, torch_dtype=dtype).eval()
-        z, cfg = load_file(a.latents)["latents"].to(dtype), vae.config
+        vae = vae.to(a.device)
+        z, cfg = load_file(a.latents)["latents"].to(a.device, dtype), vae.config
         if fam.cls == "AutoencoderKLWan":  # WanPipeline
-            mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1).to(dtype)
-            inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1).to(dtype)
+            mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1).to(z)
+            inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1).to(z)
             z = z / inv_std + mean
         elif fam.cls == "AutoencoderKLCogVideoX":  # CogVideoXPipeline.decode_latents
             z = 1 / cfg.scaling_factor * z.permute(0, 2, 1, 3, 4)
@@ -221,12 +223,14 @@ def child(a: argparse.Namespace) -> None:
     if frames is not None:
         np.save(a.frames_npy, frames)
     result = {"wall_s": wall, "peak_rss_mib": rss, "frames": int(shape[0]),
-              "video": "×".join(map(str, shape)), "threads": torch.get_num_threads()}  # fmt: skip
+              "video": "×".join(map(str, shape)), "threads": torch.get_num_threads(),
+              "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20
+              if a.device.startswith("cuda") else 0.0}  # fmt: skip
     Path(a.result).write_text(json.dumps(result))
 
 
 def run_child(tool: str, name: str, dtype: str, vae: Path, latents: Path, workdir: Path,
-              frames_npy: Path | None = None) -> dict[str, Any]:  # fmt: skip
+              device: str, frames_npy: Path | None = None) -> dict[str, Any]:  # fmt: skip
     """One `_run` subprocess; its measurements plus the whole process's wall time."""
     kind = "quality" if frames_npy else "timed"
     stem = f"{latents.stem}-{tool}-{dtype}-{kind}"
@@ -235,7 +239,7 @@ def run_child(tool: str, name: str, dtype: str, vae: Path, latents: Path, workdi
         folder.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, str(Path(__file__).resolve()), "_run", "--tool", tool, "--family", name,
             "--dtype", dtype, "--vae", str(vae), "--latents", str(latents), "--out", str(out),
-            "--result", str(result)]  # fmt: skip
+            "--result", str(result), "--device", device]  # fmt: skip
     argv += ["--frames-npy", str(frames_npy)] if frames_npy else []
     start = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True)
@@ -255,11 +259,12 @@ def alternate(name: str, dtype: str, vae: Path, latents: Path, args: argparse.Na
     runs: dict[str, list[dict[str, Any]]] = {tool: [] for tool in TOOLS}
     for _ in range(args.repeats):
         for tool in TOOLS:
-            runs[tool].append(run_child(tool, name, dtype, vae, latents, workdir))
+            runs[tool].append(run_child(tool, name, dtype, vae, latents, workdir, args.device))
     out = {}
     for tool, rs in runs.items():
         med = {
-            k: statistics.median(r[k] for r in rs) for k in ("wall_s", "process_s", "peak_rss_mib")
+            k: statistics.median(r[k] for r in rs)
+            for k in ("wall_s", "process_s", "peak_rss_mib", "peak_gpu_mib")
         }
         first = {k: rs[0][k] for k in ("frames", "video")}
         out[tool] = med | first | {"fps": first["frames"] / med["wall_s"], "runs": rs}
@@ -299,6 +304,7 @@ def markdown(head: list[str], rows: list[list[str]]) -> str:
 
 def speed(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, Any]], str]:
     rows, cells = [], []
+    gpu = args.device.startswith("cuda")
     for name in args.families:
         t, h, w = FAMILIES[name].tiny_size if args.quick else FAMILIES[name].size
         size = (args.frames[0] if args.frames else t, *(args.size or (h, w)))
@@ -309,9 +315,11 @@ def speed(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, Any]]
         npy["ours", "fp32"].parent.mkdir(parents=True, exist_ok=True)
         for dtype in args.dtypes:
             for tool in TOOLS:
-                run_child(tool, name, dtype, vae, latents, workdir, npy[tool, dtype])
+                run_child(tool, name, dtype, vae, latents, workdir, args.device, npy[tool, dtype])
             if dtype != "fp32" and "fp32" not in args.dtypes:
-                run_child("ours", name, "fp32", vae, latents, workdir, npy["ours", "fp32"])
+                run_child(
+                    "ours", name, "fp32", vae, latents, workdir, args.device, npy["ours", "fp32"]
+                )
             m = alternate(name, dtype, vae, latents, args, workdir)
             ours = np.load(npy["ours", dtype])
             vs_fp32 = None if dtype == "fp32" else psnr(ours, np.load(npy["ours", "fp32"]))
@@ -323,11 +331,12 @@ def speed(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, Any]]
             cells.append([name, dtype, row["latents"], m["ours"]["video"], both(m, "wall_s", ".2f"),
                           f"{row['ratio']:.2f}", both(m, "fps", ".2f"), both(m, "process_s", ".1f"),
                           both(m, "peak_rss_mib", ".0f"), fmt_db(row["psnr_vs_diffusers_db"]),
-                          fmt_db(row["psnr_vs_fp32_db"])])  # fmt: skip
+                          fmt_db(row["psnr_vs_fp32_db"])]
+                         + ([both(m, "peak_gpu_mib", ".0f")] if gpu else []))  # fmt: skip
     head = ["family", "dtype", "latents T×h×w", "video F×H×W", "wall s ours / diffusers",
             "ours/diffusers", "frames/s ours / diffusers", "process s ours / diffusers",
             "peak RSS MiB ours / diffusers", "PSNR vs diffusers dB",
-            "PSNR vs own fp32 dB"]  # fmt: skip
+            "PSNR vs own fp32 dB"] + (["peak GPU MiB ours / diffusers"] if gpu else [])  # fmt: skip
     return rows, markdown(head, cells)
 
 
@@ -389,7 +398,7 @@ def ints(text: str) -> list[int]:
 def main() -> None:
     if sys.argv[1:2] == ["_run"]:
         ap = argparse.ArgumentParser(prog="bench.py _run")
-        for opt in ("--tool", "--family", "--dtype", "--vae", "--latents", "--result"):
+        for opt in ("--tool", "--family", "--dtype", "--vae", "--latents", "--result", "--device"):
             ap.add_argument(opt, required=True)
         ap.add_argument("--out", type=Path, required=True)
         ap.add_argument("--frames-npy")
@@ -403,6 +412,7 @@ def main() -> None:
     ap.add_argument("--frames", type=ints, help="latent frames T (scale: a list, e.g. 6,11,21)")
     ap.add_argument("--size", type=ints, help="latent h,w, e.g. 60,104 (scale default: 16,16)")
     ap.add_argument("--quick", action="store_true", help="tiny test configs and latents")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N], for both tools")
     args = ap.parse_args()
     is_speed = args.mode == "speed"
     args.families = args.families or (list(FAMILIES) if is_speed else ["wan"])
@@ -419,8 +429,13 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     mach = machine()
     command = "python scripts/bench.py " + " ".join(sys.argv[1:])
+    if args.device.startswith("cuda"):
+        import torch
+
+        mach["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
     desc = (
-        f"{mach['cpu']} ({mach['bf16']}), {mach['cores']} usable cores, "
+        (f"{mach['gpu']} (CUDA); host " if "gpu" in mach else "")
+        + f"{mach['cpu']} ({mach['bf16']}), {mach['cores']} usable cores, "
         f"{mach['ram_gib']} GiB RAM; torch {mach['torch']} ({mach['torch_threads']} threads), "
         f"diffusers {mach['diffusers']}, Python {mach['python']}, {mach['os']}"
     )

@@ -73,15 +73,19 @@ def test_explicit_tile_size_forces_tiles(tmp_path):
     assert plan(tmp_path / "z.safetensors", DecodeOptions(model="wan", tile_size=256)).grid is None
 
 
-def test_several_latent_frames_per_call_only_on_cuda(monkeypatch):
+def test_several_latent_frames_per_call_only_on_cuda_for_small_frames(monkeypatch):
     from latent2mp4.presets import load_preset
 
     wan = load_preset("wan")
-    assert memory.chunk_frames(wan, 60, 104, torch.bfloat16, None, torch.device("cpu")) == 1
-    per_frame = memory.estimate(wan, 60, 104, torch.bfloat16, None).bytes
+    cuda = torch.device("cuda")
+    assert memory.chunk_frames(wan, 16, 16, torch.bfloat16, None, torch.device("cpu")) == 1
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 1 << 50)
+    # 128x128 frames: grouped up to BUSY_PIXELS (832x480 -> 25 frames), capped at 8 per call.
+    assert memory.chunk_frames(wan, 16, 16, torch.bfloat16, None, cuda) == 8
+    assert memory.chunk_frames(wan, 30, 52, torch.bfloat16, None, cuda) == 4  # 416x240
+    assert memory.chunk_frames(wan, 60, 104, torch.bfloat16, None, cuda) == 1  # 832x480 alone
+    per_frame = memory.estimate(wan, 16, 16, torch.bfloat16, None).bytes
     monkeypatch.setattr(
         memory, "available_bytes", lambda device: int(3.5 * per_frame / memory.BUDGET_SHARE)
     )
-    assert memory.chunk_frames(wan, 60, 104, torch.bfloat16, None, torch.device("cuda")) == 3
-    monkeypatch.setattr(memory, "available_bytes", lambda device: 1 << 50)
-    assert memory.chunk_frames(wan, 60, 104, torch.bfloat16, None, torch.device("cuda")) == 8
+    assert memory.chunk_frames(wan, 16, 16, torch.bfloat16, None, cuda) == 3  # memory decides

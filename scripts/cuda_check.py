@@ -1,0 +1,151 @@
+"""CUDA checks that the CPU test suite cannot make: run on a machine with a GPU.
+
+    python scripts/cuda_check.py            # needs torch with CUDA, diffusers==0.42.1, ffmpeg
+
+For every family (the tests' tiny random configs, saved with `save_pretrained`):
+- fp32 on CUDA against diffusers' `decode()` on CUDA, untiled and tiled: max abs difference;
+- Wan: several latent frames per call (the CUDA path) against one frame per call: max abs;
+- `decode_file(device="cuda", lossless=True)` end to end: frames against the diffusers
+  pipeline's, in LSB;
+- bf16 on CUDA against our fp32: PSNR.
+Prints one line per check and exits 1 if any exceeds its bound.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from latent2mp4 import DecodeOptions, decode_file, load_preset, save_latents  # noqa: E402
+from latent2mp4.engine import TileGrid, decode_stream  # noqa: E402
+from latent2mp4.video import read_video  # noqa: E402
+from latent2mp4.weights import load_vae, resolve_vae  # noqa: E402
+
+from tiny_cogvideox import make_tiny_cogvideox  # noqa: E402
+from tiny_hunyuan import make_tiny_hunyuan  # noqa: E402
+from tiny_wan import make_tiny_wan  # noqa: E402
+
+PARITY = 1e-4
+CUDA = torch.device("cuda")
+
+# model, builder, variant, channels, spatial ratio, latent frames, diffusers tiling kwargs
+CASES: list[tuple[str, Callable[..., Any], str, int, int, int, dict[str, float]]] = [
+    ("wan", make_tiny_wan, "2.1", 16, 8, 5, {}),
+    ("wan2.2", make_tiny_wan, "2.2", 48, 16, 3, {}),
+    ("hunyuan", make_tiny_hunyuan, "tiny", 16, 8, 7, {}),
+    (
+        "cogvideox",
+        make_tiny_cogvideox,
+        "groups32",
+        16,
+        8,
+        5,
+        {"tile_overlap_factor_height": 1 / 4, "tile_overlap_factor_width": 1 / 4},
+    ),
+]
+
+
+def vae_space(vae: Any, z: torch.Tensor) -> torch.Tensor:
+    """The diffusers pipelines' de-normalisation of model-space `(B, C, T, h, w)` latents."""
+    cfg = vae.config
+    if type(vae).__name__ == "AutoencoderKLWan":
+        mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
+        inv = 1.0 / torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
+        return z / inv + mean
+    return z / cfg.scaling_factor
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def ours(folder: Path, model: str, z: torch.Tensor, dtype: torch.dtype, **kw: Any) -> torch.Tensor:
+    preset = load_preset(model)
+    dec = load_vae(resolve_vae(str(folder), preset), preset, CUDA, dtype).decoder
+    with torch.inference_mode():
+        return torch.cat(list(decode_stream(dec, z, device=CUDA, dtype=dtype, **kw)), dim=2)
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("no CUDA device")
+        return 2
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    # The oracle in true fp32 too: PyTorch's default lets cuDNN convolve fp32 in TF32.
+    torch.backends.cudnn.allow_tf32 = False
+    failures = 0
+
+    def report(name: str, value: float, ok: bool, unit: str = "") -> None:
+        nonlocal failures
+        failures += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} {name}: {value:.3g}{unit}")
+
+    for model, make, variant, channels, ratio, frames, tiling in CASES:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "vae"
+            vae = make(folder, variant).to(CUDA)
+            g = torch.Generator().manual_seed(0)
+            z = torch.randn(1, channels, frames, 8, 7, generator=g)
+            zv = vae_space(vae, z)
+            px = 4 * ratio  # 4-latent tiles every 3: several tiles and blends on 8x7 latents
+            for tiled in (False, True):
+                grid = None
+                if tiled:
+                    grid = TileGrid.from_pixels((px, px), (3 * ratio, 3 * ratio), ratio=ratio)
+                    vae.enable_tiling(
+                        tile_sample_min_height=px,
+                        tile_sample_min_width=px,
+                        **(tiling or {"tile_sample_stride_height": 3 * ratio,
+                                      "tile_sample_stride_width": 3 * ratio}),
+                    )  # fmt: skip
+                else:
+                    vae.disable_tiling()
+                with torch.no_grad():
+                    ref = vae.decode(zv.to(CUDA)).sample.float()
+                got = ours(folder, model, zv, torch.float32, grid=grid)
+                diff = (got - ref).abs().max().item()
+                report(f"{model} fp32 cuda {'tiled' if tiled else 'whole'} max abs", diff,
+                       diff <= PARITY)  # fmt: skip
+            vae.disable_tiling()
+            if model.startswith("wan"):
+                one = ours(folder, model, zv, torch.float32, max_chunk_frames=1)
+                many = ours(folder, model, zv, torch.float32, max_chunk_frames=4)
+                diff = (one - many).abs().max().item()
+                report(f"{model} 4 latent frames per call vs 1, max abs", diff, diff <= 1e-5)
+            # End to end: the CLI's function on CUDA, lossless, against the pipeline's frames.
+            src = Path(tmp) / "z.safetensors"
+            stored = z.permute(0, 2, 1, 3, 4).contiguous() if model.startswith("cog") else z
+            save_latents(src, stored, model=model, latent_space="model")
+            out = Path(tmp) / "out.mkv"
+            opts = DecodeOptions(vae=str(folder), device="cuda", dtype="fp32", lossless=True,
+                                 no_tile=True, out=out)  # fmt: skip
+            decode_file(src, opts)
+            frames_out = read_video(out)[0]
+            with torch.no_grad():
+                video = vae.decode(zv.to(CUDA)).sample.float().cpu()
+            expected = (video / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 3, 0).numpy() * 255
+            expected = expected.round().astype(np.uint8)
+            lsb = int(np.abs(frames_out.astype(int) - expected.astype(int)).max())
+            report(f"{model} decode_file cuda lossless vs pipeline frames", lsb, lsb <= 1, " LSB")
+            bf16 = Path(tmp) / "bf16.mkv"
+            decode_file(src, DecodeOptions(vae=str(folder), device="cuda", dtype="bf16",
+                                           lossless=True, no_tile=True, out=bf16))  # fmt: skip
+            p = psnr(read_video(bf16)[0], frames_out)
+            report(f"{model} bf16 cuda vs our fp32 PSNR", p, p >= 30, " dB")
+    print(f"{failures} failure(s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
