@@ -129,7 +129,10 @@ def decode(
     index: Annotated[
         str, Opt(help="Trajectory steps of (steps,B,C,F,H,W) tensors: -1, 0,-1, ::10 or all.")
     ] = "-1",
-    layout: Annotated[Layout | None, Opt(help="Latent layout (default: preset).")] = None,
+    layout: Annotated[
+        Layout | None,
+        Opt(help="Latent axis order (default: the preset's, or the other when only it fits)."),
+    ] = None,
     latent_space: Annotated[
         Space, Opt(help="model: normalised (diffusers); vae: raw (ComfyUI).")
     ] = Space.auto,
