@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from latent2mp4.latents import COMFY_MARKER, PREFERRED_KEYS, infer_layout, list_tensors
+from latent2mp4.latents import default_key, infer_layout, list_tensors, written_by_comfyui
 from latent2mp4.presets import Preset, builtin_presets
 
 
@@ -22,9 +22,8 @@ def _video_dims(shape: list[int], preset: Preset, comfy: bool) -> tuple[int, int
 def describe_file(path: Path) -> dict[str, Any]:
     """Tensors `{name: (dtype, shape)}`, metadata, and one row per preset that fits."""
     tensors, metadata = list_tensors(path)
-    names = [k for k in tensors if k != COMFY_MARKER]
-    key = names[0] if len(names) == 1 else next((k for k in PREFERRED_KEYS if k in tensors), None)
-    comfy = COMFY_MARKER in tensors or path.suffix == ".latent"
+    key = default_key(tensors)
+    comfy = written_by_comfyui(tensors, path)
     fits = []
     if key is not None:
         shape = tensors[key][1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -87,10 +88,8 @@ def read_latent_file(path: Path, key: str | None = None) -> LatentFile:
             raise InputError(
                 f"{path}: no tensor '{key}'; the file has: {', '.join(names) or 'none'}"
             )
-    elif len(names) == 1:
-        key = names[0]
     else:
-        key = next((k for k in PREFERRED_KEYS if k in info), None)
+        key = default_key(info)
         if key is None:
             found = ", ".join(names) if names else "no tensors"
             raise InputError(
@@ -101,8 +100,21 @@ def read_latent_file(path: Path, key: str | None = None) -> LatentFile:
             tensor = f.get_tensor(key)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise InputError(f"{path}: cannot read tensor '{key}' ({str(e).splitlines()[0]})") from None
-    comfy = COMFY_MARKER in info or path.suffix == ".latent"
+    comfy = written_by_comfyui(info, path)
     return LatentFile(path=path, key=key, tensor=tensor, metadata=metadata, comfy=comfy)
+
+
+def default_key(tensors: Collection[str]) -> str | None:
+    """The latent tensor among a file's tensor names: the only one, else a PREFERRED_KEYS one."""
+    names = [k for k in tensors if k != COMFY_MARKER]
+    if len(names) == 1:
+        return names[0]
+    return next((k for k in PREFERRED_KEYS if k in tensors), None)
+
+
+def written_by_comfyui(tensors: Collection[str], path: Path) -> bool:
+    """ComfyUI's SaveLatent adds its marker tensor and names files `.latent`."""
+    return COMFY_MARKER in tensors or path.suffix == ".latent"
 
 
 @dataclass(frozen=True)
