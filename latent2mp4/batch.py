@@ -11,21 +11,10 @@ from pathlib import Path
 
 import torch
 
+from latent2mp4.arrays import LATENT_SUFFIXES
+from latent2mp4.decoder import Decoder, ProgressFn
 from latent2mp4.errors import Latent2Mp4Error, UsageError
-from latent2mp4.pipeline import (
-    DecodeOptions,
-    Decoder,
-    Job,
-    ProgressFn,
-    VideoResult,
-    all_skipped,
-    build_decoder,
-    check_outputs,
-    plan,
-    run_job,
-)
-
-LATENT_SUFFIXES = (".safetensors", ".latent")
+from latent2mp4.pipeline import DecodeOptions, Job, VideoResult, all_skipped, check_outputs, plan
 
 
 @dataclass(frozen=True)
@@ -78,7 +67,8 @@ def collect_inputs(specs: Iterable[str | Path], recursive: bool = False) -> list
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
             for p in sorted(path.glob(pattern)):
-                if p.is_file() and p.suffix in LATENT_SUFFIXES and not p.name.startswith("."):
+                latent = p.suffix.lower() in LATENT_SUFFIXES
+                if p.is_file() and latent and not p.name.startswith("."):
                     found.setdefault(p.resolve(), Input(p, path))
         elif not path.exists() and glob.has_magic(spec):
             matches = sorted(Path(m) for m in glob.glob(spec, recursive=recursive))
@@ -120,7 +110,7 @@ class Batch:
         key = job.preset.source or job.preset.name
         if key not in self.decoders:
             try:
-                self.decoders[key] = build_decoder(self.opts, job.preset)
+                self.decoders[key] = Decoder(self.opts, job.preset)
             except Latent2Mp4Error as e:  # remembered: every file of this preset fails the same way
                 self.decoders[key] = e
         cached = self.decoders[key]
@@ -135,7 +125,7 @@ class Batch:
             check_outputs(job, self.opts)
             results = all_skipped(job, self.opts)
             if results is None:
-                results = run_job(job, self.decoder_for(job), self.opts, self.on_job(job))
+                results = self.decoder_for(job).run(job, self.opts, self.on_job(job))
         except Latent2Mp4Error as e:
             return Outcome(
                 item.path, error=str(e), exit_code=e.exit_code, seconds=time.perf_counter() - start

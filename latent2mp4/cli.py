@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from latent2mp4.arrays import LATENT_SUFFIXES
 from latent2mp4.batch import (
     Batch,
     Input,
@@ -193,7 +194,7 @@ def decode(
         if shard_spec:
             items = shard(items, *parse_shard(shard_spec))
         if not items:
-            raise UsageError("no latent files (.safetensors, .latent) found in the inputs")
+            raise UsageError(f"no latent files ({', '.join(LATENT_SUFFIXES)}) found in the inputs")
         single = len(items) == 1 and not Path(inputs[0]).is_dir()
         with _progress_factory(quiet) as on_job:
             outcomes = [_report(o, single, quiet, report) for o in _run(items, opts, on_job)]

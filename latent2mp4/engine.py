@@ -56,6 +56,32 @@ class StreamDecoder(Protocol):
         ...
 
 
+class LatentSource(Protocol):
+    """Latents `(B, C, T, h, w)` read a time range at a time (files stay on disk)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def read(self, start: int, stop: int) -> Tensor:
+        """Latent frames `[start, stop)` as `(B, C, stop - start, h, w)`, in the decoder's
+        input space, on any device."""
+        ...
+
+
+@dataclass(frozen=True)
+class TensorSource:
+    """A latent tensor already in memory, as a `LatentSource`."""
+
+    z: Tensor
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.z.shape)
+
+    def read(self, start: int, stop: int) -> Tensor:
+        return self.z[:, :, start:stop]
+
+
 @dataclass(frozen=True)
 class TileGrid:
     """Spatial tiles in latent pixels: tile `size` placed every `stride`, as (height, width)."""
@@ -148,7 +174,7 @@ def exact_fp32(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
 
 def decode_stream(
     decoder: StreamDecoder,
-    z: Tensor,
+    z: Tensor | LatentSource,
     grid: TileGrid | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
@@ -158,8 +184,9 @@ def decode_stream(
 
     Parameters
     ----------
-    z : latents `(B, C, T, h, w)` in VAE space, on any device; each chunk is moved to `device`
-        and cast to `dtype` only when it is decoded.
+    z : latents `(B, C, T, h, w)` in the decoder's input space, on any device, or a source that
+        reads them a time range at a time; each chunk is read, moved to `device` and cast to
+        `dtype` only when it is decoded, so the whole clip never needs to be in memory.
     grid : spatial tiles, used only when the latent is larger than one tile.
     max_chunk_frames : latent frames a chunk may hold, for families that allow it (see
         `StreamDecoder.time_chunks`).
@@ -169,7 +196,8 @@ def decode_stream(
     Pixel chunks `(B, 3, f, H, W)` in [-1, 1] on `device`, in time order; their `f` add up to
     the decoder's frame count for `T`.
     """
-    T, h, w = z.shape[2:]
+    source = TensorSource(z) if isinstance(z, Tensor) else z
+    T, h, w = source.shape[2:]
     tiled = grid is not None and grid.needed(h, w)
     n_states = sum(len(row) for row in grid.origins(h, w)) if tiled and grid else 1
     states = [decoder.new_state() for _ in range(n_states)]
@@ -177,7 +205,7 @@ def decode_stream(
     prev: Tensor | None = None
     with torch.inference_mode(), exact_fp32(torch.device(device), dtype):
         for chunk in decoder.time_chunks(T, max_chunk_frames):
-            part = z[:, :, chunk.start : chunk.stop].to(device=device, dtype=dtype)
+            part = source.read(chunk.start, chunk.stop).to(device=device, dtype=dtype)
             if tiled and grid is not None:
                 x = _decode_tiled(decoder, part, grid, states, up)
             else:

@@ -1,18 +1,24 @@
-"""Read, validate, select and (de-)normalise latents from `.safetensors` / `.latent` files."""
+"""Read, validate, select and (de-)normalise latents from files or from memory.
+
+Nothing here holds a whole clip: a file's latents stay where they are stored (`arrays.py`) and
+a `LatentView` reads one video's frames `[start, stop)` at a time, for the decoder's chunk plan
+and for the streamed NaN/Inf scan.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from latent2mp4.arrays import StoredArray, dtype_name, in_memory, open_arrays
 from latent2mp4.errors import InputError, UsageError
 from latent2mp4.presets import Normalization, Preset
 
@@ -23,17 +29,26 @@ COMFY_MARKER = (
 )
 META_PREFIX = "latent2mp4."
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+SCAN_BYTES = 64 * 1024**2  # the NaN/Inf scan reads this much at a time
+IN_MEMORY = Path("<latents>")  # the name in-memory latents go by in messages
+
+Latents = Tensor | np.ndarray | Sequence[Tensor]
 
 
 @dataclass(frozen=True)
 class LatentFile:
-    """A latent tensor as stored, with what the file says about itself."""
+    """A latent array as stored (not read yet), with what the file says about itself."""
 
     path: Path
     key: str
-    tensor: Tensor
+    array: StoredArray
     metadata: dict[str, str] = field(default_factory=dict)
     comfy: bool = False  # written by ComfyUI's SaveLatent (raw VAE-space latents)
+
+    @property
+    def tensor(self) -> Tensor:
+        """The whole stored tensor, read into memory (decoding never needs this)."""
+        return self.array.take((slice(None),) * len(self.array.shape))
 
     @property
     def meta_model(self) -> str | None:
@@ -50,66 +65,65 @@ class LatentFile:
 
 
 def list_tensors(path: Path) -> tuple[dict[str, tuple[str, list[int]]], dict[str, str]]:
-    """Names → (dtype, shape) of every tensor in a safetensors file, and its metadata."""
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    if not path.is_file():
-        raise InputError(f"{path}: not a file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            info = {
-                k: (str(f.get_slice(k).get_dtype()), list(f.get_slice(k).get_shape()))
-                for k in f.keys()
-            }
-            return info, dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if _looks_pickled(path):
-            reason = "it is a PyTorch pickle; re-save it with latent2mp4.save_latents"
-        raise InputError(f"{path}: not a readable safetensors file ({reason})") from None
-
-
-def _looks_pickled(path: Path) -> bool:
-    # torch.save writes a zip archive (PK\x03\x04) or, in the legacy format, a raw pickle (\x80).
-    with path.open("rb") as f:
-        head = f.read(4)
-    return head == b"PK\x03\x04" or head[:1] == b"\x80"
+    """Names → (dtype, shape) of every tensor in a latent file, and its metadata."""
+    arrays, metadata = open_arrays(path)
+    info = {k: (dtype_name(a.dtype), list(a.shape)) for k, a in arrays.items()}
+    return info, metadata
 
 
 def read_latent_file(path: Path, key: str | None = None) -> LatentFile:
-    """Load the latent tensor of a `.safetensors` or ComfyUI `.latent` file.
+    """Open the latent array of a `.safetensors`, ComfyUI `.latent`, `.pt`/`.pth`/`.bin`,
+    `.npy` or `.npz` file; only headers are read where the format allows.
 
     The tensor is chosen by `key`, else the only tensor, else the first of PREFERRED_KEYS.
     """
-    info, metadata = list_tensors(path)
-    names = [k for k in info if k != COMFY_MARKER]
+    arrays, metadata = open_arrays(path)
+    key = choose_key(arrays, key, path)
+    comfy = written_by_comfyui(arrays, path)
+    return LatentFile(path=path, key=key, array=arrays[key], metadata=metadata, comfy=comfy)
+
+
+def latents_in_memory(x: Latents) -> LatentFile:
+    """A tensor (any device, any float dtype), NumPy array or list of tensors (a trajectory),
+    shaped as a file's latents would be."""
+    if not isinstance(x, Tensor | np.ndarray | list | tuple):
+        raise InputError(
+            f"latents must be a torch tensor, a NumPy array or a list of tensors, "
+            f"not {type(x).__name__}"
+        )
+    return LatentFile(path=IN_MEMORY, key="latents", array=in_memory(x))
+
+
+def choose_key(arrays: Collection[str], key: str | None, path: Path) -> str:
+    names = [k for k in arrays if k != COMFY_MARKER]
     if key is not None:
-        if key not in info:
+        if key not in arrays:
             raise InputError(
                 f"{path}: no tensor '{key}'; the file has: {', '.join(names) or 'none'}"
             )
-    else:
-        key = default_key(info)
-        if key is None:
-            found = ", ".join(names) if names else "no tensors"
-            raise InputError(
-                f"{path}: cannot tell which tensor holds the latents ({found}); pass --key"
-            )
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            tensor = f.get_tensor(key)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise InputError(f"{path}: cannot read tensor '{key}' ({str(e).splitlines()[0]})") from None
-    comfy = written_by_comfyui(info, path)
-    return LatentFile(path=path, key=key, tensor=tensor, metadata=metadata, comfy=comfy)
+        return key
+    found = default_key(arrays)
+    if found is None:
+        shown = ", ".join(names) if names else "no tensors"
+        raise InputError(
+            f"{path}: cannot tell which tensor holds the latents ({shown}); pass --key"
+        )
+    return found
 
 
 def default_key(tensors: Collection[str]) -> str | None:
-    """The latent tensor among a file's tensor names: the only one, else a PREFERRED_KEYS one."""
+    """The latent tensor among a file's tensor names: the only one, else a PREFERRED_KEYS one
+    (also as the outer or inner name of a nested `outer.inner` entry, when that is unique)."""
     names = [k for k in tensors if k != COMFY_MARKER]
     if len(names) == 1:
         return names[0]
-    return next((k for k in PREFERRED_KEYS if k in tensors), None)
+    for wanted in PREFERRED_KEYS:
+        if wanted in names:
+            return wanted
+        nested = [n for n in names if wanted in n.split(".")]
+        if len(nested) == 1:
+            return nested[0]
+    return None
 
 
 def written_by_comfyui(tensors: Collection[str], path: Path) -> bool:
@@ -118,10 +132,55 @@ def written_by_comfyui(tensors: Collection[str], path: Path) -> bool:
 
 
 @dataclass(frozen=True)
+class LatentView:
+    """The videos of a stored array as `(S, B, C, T, h, w)`, read a time range at a time.
+
+    `S` counts the selected trajectory steps. Indexing happens in the stored layout (4-D
+    `(C,F,H,W)`, 5-D with batch, 6-D with steps; `BFCHW` stores frames before channels), so a read
+    touches only the frames it returns.
+    """
+
+    array: StoredArray
+    steps: tuple[int, ...]  # stored trajectory index of each selected step (6-D arrays only)
+    frames_first: bool  # stored as (…, F, C, H, W)
+    time_offset: int  # leading stored frames skipped (a pipeline's padding frames)
+    shape: tuple[int, int, int, int, int, int]
+
+    def read(self, pos: int, batch: int, start: int, stop: int) -> Tensor:
+        """Latents `(1, C, stop - start, h, w)` of video (`pos`, `batch`) in the stored dtype."""
+        lead = len(self.array.shape) - 4
+        index: list[int | slice] = [self.steps[pos]] if lead == 2 else []
+        index += [batch] if lead >= 1 else []
+        frames = slice(start + self.time_offset, stop + self.time_offset)
+        index += [frames] if self.frames_first else [slice(None), frames]
+        x = self.array.take(tuple(index))
+        return (x.transpose(0, 1) if self.frames_first else x).unsqueeze(0)
+
+    def frame_bytes(self) -> int:
+        c, h, w = self.shape[2], self.shape[4], self.shape[5]
+        return c * h * w * torch.finfo(_float_dtype(self.array.dtype)).bits // 8
+
+    def count_nonfinite(self) -> int:
+        """NaN/Inf values among the selected videos, read a slice at a time (flat memory)."""
+        step = max(1, SCAN_BYTES // max(self.frame_bytes(), 1))
+        bad = 0
+        for pos in range(self.shape[0]):
+            for b in range(self.shape[1]):
+                for t in range(0, self.shape[3], step):
+                    x = self.read(pos, b, t, min(t + step, self.shape[3]))
+                    bad += int(x.numel() - torch.isfinite(x).sum())
+        return bad
+
+
+def _float_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
+
+
+@dataclass(frozen=True)
 class Selection:
     """Latents of one file ready for a decoder, plus what was done to them."""
 
-    z: Tensor  # (S, B, C, T, h, w): S selected trajectory steps (S = 1 without a trajectory)
+    view: LatentView  # (S, B, C, T, h, w): S selected trajectory steps (S = 1 without one)
     steps: tuple[int | None, ...]  # the trajectory step of each of the S, None without one
     notes: tuple[str, ...]
 
@@ -154,62 +213,62 @@ def parse_index(spec: str | int, steps: int) -> list[int]:
 def select_video(
     lf: LatentFile, preset: Preset, layout: str | None = None, index: str | int = -1
 ) -> Selection:
-    """Validate the stored tensor and bring it to `(S, B, C, T, h, w)`.
+    """Validate the stored array and view it as `(S, B, C, T, h, w)`.
 
-    4-D tensors get a batch axis; 6-D tensors have a leading trajectory axis whose steps are
-    chosen by `index` (see `parse_index`).
+    4-D arrays get a batch axis; 6-D arrays have a leading trajectory axis whose steps are
+    chosen by `index` (see `parse_index`). Shape and dtype come from the header; the values are
+    scanned for NaN/Inf a slice at a time.
     """
-    x, path, notes = lf.tensor, lf.path, []
+    shape, path, notes = tuple(lf.array.shape), lf.path, []
     steps: tuple[int | None, ...] = (None,)
+    stored: tuple[int, ...] = ()
+    full: tuple[int, ...]
     if layout is not None and layout not in ("BCFHW", "BFCHW"):
         raise UsageError(f"--layout must be BCFHW or BFCHW, not {layout}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise InputError(
-            f"{path}: latents are {str(x.dtype).removeprefix('torch.')}; expected a float dtype"
-        )
-    if x.ndim == 6:
+    if lf.array.dtype not in FLOAT_DTYPES:
+        found = dtype_name(lf.array.dtype)
+        raise InputError(f"{path}: latents are {found}; expected a float dtype")
+    if len(shape) == 6:
         try:
-            picked = parse_index(index, x.shape[0])
+            picked = parse_index(index, shape[0])
         except UsageError as e:
             raise UsageError(f"{path}: {e}") from None
-        steps = tuple(picked)
-        x = x[picked] if len(picked) > 1 else x[picked[0]].unsqueeze(0)
+        steps = stored = tuple(picked)
         shown = ", ".join(map(str, picked[:5])) + (", …" if len(picked) > 5 else "")
-        notes.append(f"trajectory steps {shown} of {lf.tensor.shape[0]} (--index {index})")
-    elif x.ndim == 5:
-        x = x.unsqueeze(0)
-    elif x.ndim == 4:
-        x = x.unsqueeze(0).unsqueeze(0)
+        notes.append(f"trajectory steps {shown} of {shape[0]} (--index {index})")
+        full = (len(picked), *shape[1:])
+    elif len(shape) in (4, 5):
+        full = (1,) * (6 - len(shape)) + shape
     else:
-        shape = tuple(lf.tensor.shape)
         raise InputError(
             f"{path}: latents have shape {shape}; "
             "expected (C,F,H,W), (B,C,F,H,W) or (steps,B,C,F,H,W)"
         )
     if layout is None:
-        layout, why = infer_layout(tuple(x.shape), preset, lf.comfy)
+        layout, why = infer_layout(full, preset, lf.comfy)
         if why:
             notes.append(why)
-    if layout == "BFCHW":
-        x = x.permute(0, 1, 3, 2, 4, 5)
-    if any(s == 0 for s in x.shape):
-        raise InputError(f"{path}: latents have an empty dimension {tuple(lf.tensor.shape)}")
-    channels = x.shape[2]
-    if channels != preset.latent_channels:
-        raise InputError(f"{path}: {channel_hint(channels, preset)}")
-    if not torch.isfinite(x).all():
-        bad = int((~torch.isfinite(x)).sum())
+    s, b, c, t, h, w = (
+        (full[0], full[1], full[3], full[2], *full[4:]) if layout == "BFCHW" else full
+    )
+    if any(d == 0 for d in shape):
+        raise InputError(f"{path}: latents have an empty dimension {shape}")
+    if c != preset.latent_channels:
+        raise InputError(f"{path}: {channel_hint(c, preset)}")
+    offset = 0
+    if preset.front_pad_multiple > 1 and t % preset.front_pad_multiple == 0:
+        # CogVideoX 1.5 pads 2N+1 latent frames to 2N+2 at the front; its pipeline drops the pad.
+        offset = preset.front_pad_multiple - 1
+        notes.append(
+            f"dropped {offset} leading padding latent frame(s), as the {preset.name} pipeline does"
+        )
+    view = LatentView(lf.array, stored, layout == "BFCHW", offset, (s, b, c, t - offset, h, w))
+    bad = view.count_nonfinite()
+    if bad:
         raise InputError(
             f"{path}: latents contain {bad} NaN/Inf values; the sampler likely diverged"
         )
-    if preset.front_pad_multiple > 1 and x.shape[3] % preset.front_pad_multiple == 0:
-        # CogVideoX 1.5 pads 2N+1 latent frames to 2N+2 at the front; its pipeline drops the pad.
-        pad = preset.front_pad_multiple - 1
-        x = x[:, :, :, pad:]
-        notes.append(
-            f"dropped {pad} leading padding latent frame(s), as the {preset.name} pipeline does"
-        )
-    return Selection(z=x, steps=steps, notes=tuple(notes))
+    return Selection(view=view, steps=steps, notes=tuple(notes))
 
 
 def infer_layout(shape: tuple[int, ...], preset: Preset, comfy: bool) -> tuple[str, str | None]:

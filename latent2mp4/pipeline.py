@@ -1,47 +1,36 @@
-"""decode_file: one latent file in, one video per batch element out. The CLI calls this."""
+"""Decode options and planning: what a latent input becomes, checked before any weights load.
+
+`decoder.py` holds the object that loads weights once and runs the plans made here.
+"""
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, cast
+from typing import Literal
 
-import numpy as np
 import torch
-from torch import Tensor
 
-from latent2mp4 import __version__
 from latent2mp4.device import pick_device, pick_dtype
-from latent2mp4.engine import TileGrid, decode_stream
+from latent2mp4.engine import TileGrid
 from latent2mp4.errors import InputError, UsageError
-from latent2mp4.frames import prefetch, to_frames
 from latent2mp4.latents import (
     LatentFile,
     LatentSpace,
-    denormalise,
-    normalise,
+    LatentView,
     read_latent_file,
     resolve_latent_space,
     select_video,
 )
 from latent2mp4.memory import chunk_frames
-from latent2mp4.models.preview import PreviewDecoder
 from latent2mp4.presets import Preset, builtin_presets, load_preset
 from latent2mp4.tiling import choose_grid, tile_grid
-from latent2mp4.video import EncodeOptions, check_output, write_video
-from latent2mp4.weights import load_vae, resolve_vae
-
-if TYPE_CHECKING:
-    from latent2mp4.models.family import StreamModule
+from latent2mp4.video import EncodeOptions, check_output
 
 log = logging.getLogger(__name__)
 
-PREFETCH_FRAMES = 8  # decoded frames that may wait for ffmpeg (two Wan chunks)
 MAX_FRAME_SIDE = 16384  # libx264 and most encoders refuse larger frames
-ProgressFn = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -98,11 +87,11 @@ class Video:
 
 @dataclass(frozen=True)
 class Job:
-    """A validated latent file: what will be decoded and where it goes (no weights touched yet)."""
+    """A validated latent input: what will be decoded and where it goes (no weights touched yet)."""
 
     latent: LatentFile
     preset: Preset
-    z: Tensor  # (S, B, C, T, h, w) as stored (model or VAE space)
+    view: LatentView  # (S, B, C, T, h, w) as stored (model or VAE space), read on demand
     space: str
     videos: tuple[Video, ...]
     fps: float
@@ -117,11 +106,13 @@ class Job:
     @property
     def frames(self) -> int:
         """Frames of each output video."""
-        return self.preset.frames_out(self.z.shape[3])
+        return self.preset.frames_out(self.view.shape[3])
 
-    def latents(self, video: Video) -> Tensor:
-        """`(1, C, T, h, w)` latents of one output video, as stored."""
-        return self.z[video.pos, video.batch : video.batch + 1]
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the output frames."""
+        r = self.preset.spatial_ratio
+        return self.view.shape[4] * r, self.view.shape[5] * r
 
 
 def pick_preset(opts: DecodeOptions, lf: LatentFile | None = None) -> Preset:
@@ -131,8 +122,8 @@ def pick_preset(opts: DecodeOptions, lf: LatentFile | None = None) -> Preset:
         return load_preset(opts.model)
     if lf is not None and lf.meta_model:
         return load_preset(lf.meta_model)
-    if lf is not None and lf.tensor.ndim >= 4:
-        channels = {lf.tensor.shape[-4], lf.tensor.shape[-3]}
+    if lf is not None and len(lf.array.shape) >= 4:
+        channels = {lf.array.shape[-4], lf.array.shape[-3]}
         fits = [p for p in builtin_presets().values() if p.latent_channels in channels]
         if len({p.family for p in fits}) == 1 and len({p.latent_channels for p in fits}) == 1:
             return fits[0]
@@ -197,17 +188,23 @@ def plan(path: Path, opts: DecodeOptions, root: Path | None = None) -> Job:
 
     `root` is the folder an input was found under, mirrored below --out-dir.
     """
-    lf = read_latent_file(path, opts.key)
+    return plan_latents(read_latent_file(path, opts.key), opts, root)
+
+
+def plan_latents(lf: LatentFile, opts: DecodeOptions, root: Path | None = None) -> Job:
+    """`plan` for latents already opened (a file, or a tensor in memory)."""
+    path = lf.path
     preset = pick_preset(opts, lf)
     sel = select_video(lf, preset, opts.layout, opts.index)
     space, why = resolve_latent_space(lf, opts.latent_space)
     fps = opts.fps or lf.meta_fps or preset.fps
     suffix = encode_options(opts, fps, {}).default_suffix()
-    videos = plan_videos(path, opts, sel.steps, sel.z.shape[1], suffix, root)
+    videos = plan_videos(path, opts, sel.steps, sel.view.shape[1], suffix, root)
     notes = (*sel.notes, f"latent space: {space} ({why})")
     if opts.decoder == "preview" and preset.preview.approximate:
         notes += (f"preview colours for {preset.name} are approximate (no published factors)",)
-    h, w = (d * preset.spatial_ratio for d in sel.z.shape[-2:])
+    lh, lw = sel.view.shape[-2:]
+    h, w = lh * preset.spatial_ratio, lw * preset.spatial_ratio
     if max(h, w) > MAX_FRAME_SIDE:
         raise InputError(
             f"{path}: frames would be {w}x{h}; video encoders stop at {MAX_FRAME_SIDE} px"
@@ -220,7 +217,7 @@ def plan(path: Path, opts: DecodeOptions, root: Path | None = None) -> Job:
     )
     grid, tiling_note = choose_grid(
         preset,
-        (sel.z.shape[-2], sel.z.shape[-1]),
+        (lh, lw),
         device,
         dtype,
         path,
@@ -230,100 +227,11 @@ def plan(path: Path, opts: DecodeOptions, root: Path | None = None) -> Job:
         preview=opts.decoder == "preview",
     )
     notes += (tiling_note,) if tiling_note else ()
-    per_call = chunk_frames(preset, sel.z.shape[-2], sel.z.shape[-1], dtype, grid, device)
-    return Job(lf, preset, sel.z, space, videos, fps, notes, grid, per_call)
+    per_call = chunk_frames(preset, lh, lw, dtype, grid, device)
+    return Job(lf, preset, sel.view, space, videos, fps, notes, grid, per_call)
 
 
-@dataclass(frozen=True)
-class Decoder:
-    """A ready decoder plus how to bring a job's latents into its input space."""
-
-    module: StreamModule
-    prepare: Callable[[Job, Tensor], Tensor]  # (job, stored latents) → decoder input
-    device: torch.device
-    dtype: torch.dtype
-    description: str
-
-
-def build_decoder(opts: DecodeOptions, preset: Preset) -> Decoder:
-    """Load the VAE (or make the preview decoder) once; it can serve many jobs of this preset."""
-    device = pick_device(opts.device)
-    if opts.decoder == "preview":
-        module = cast("StreamModule", PreviewDecoder(preset).to(device))
-
-        def to_model_space(job: Job, z: Tensor) -> Tensor:
-            z = z.float()
-            return normalise(z, job.preset.normalization) if job.space == "vae" else z
-
-        return Decoder(module, to_model_space, device, torch.float32, "preview (no weights)")
-    dtype = pick_dtype(opts.dtype, device, preset, opts.lossless)
-    loaded = load_vae(resolve_vae(opts.vae, preset), preset, device, dtype)
-    norm = loaded.normalization or preset.normalization
-
-    def to_vae_space(job: Job, z: Tensor) -> Tensor:
-        # Denormalise in fp32 on the host; chunks are cast to the decode dtype as they go.
-        return denormalise(z, norm) if job.space == "model" else z.float()
-
-    return Decoder(loaded.decoder, to_vae_space, device, dtype, loaded.description)
-
-
-def _count(frames: Iterable[np.ndarray], progress: ProgressFn | None) -> Iterator[np.ndarray]:
-    for frame in frames:
-        yield frame
-        if progress is not None:
-            progress(1)
-
-
-def run_job(
-    job: Job, decoder: Decoder, opts: DecodeOptions, progress: ProgressFn | None = None
-) -> list[VideoResult]:
-    """Decode every video of `job` to its output, streaming frames into ffmpeg."""
-    results = []
-    for video in job.videos:
-        out = video.output
-        if out.exists() and opts.skip_existing:
-            results.append(_skipped(job, out))
-            continue
-        z = decoder.prepare(job, job.latents(video))
-        meta = {
-            "latent2mp4_version": __version__,
-            "latent2mp4_model": job.preset.name,
-            "latent2mp4_source": str(job.latent.path),
-            "latent2mp4_key": job.latent.key,
-            "latent2mp4_batch_index": str(video.batch),
-            **({"latent2mp4_step": str(video.step)} if video.step is not None else {}),
-            "comment": f"decoded by latent2mp4 {__version__} ({decoder.description})",
-        }
-        start = time.perf_counter()
-        chunks = decode_stream(
-            decoder.module, z, job.grid, decoder.device, decoder.dtype, job.chunk_frames
-        )
-        info = write_video(
-            _count(prefetch(to_frames(chunks), PREFETCH_FRAMES), progress),
-            out,
-            encode_options(opts, job.fps, meta),
-            opts.overwrite,
-        )
-        notes = job.notes + (
-            ("odd size padded by edge replication for the pixel format",) if info.padded else ()
-        )
-        results.append(
-            VideoResult(
-                job.latent.path,
-                out,
-                info.frames,
-                info.width,
-                info.height,
-                job.fps,
-                time.perf_counter() - start,
-                False,
-                notes,
-            )
-        )
-    return results
-
-
-def _skipped(job: Job, out: Path) -> VideoResult:
+def skipped(job: Job, out: Path) -> VideoResult:
     return VideoResult(
         job.latent.path, out, 0, 0, 0, job.fps, 0.0, skipped=True, notes=("output exists",)
     )
@@ -332,7 +240,7 @@ def _skipped(job: Job, out: Path) -> VideoResult:
 def all_skipped(job: Job, opts: DecodeOptions) -> list[VideoResult] | None:
     """Results for a job whose every output exists under --skip-existing; None otherwise."""
     if opts.skip_existing and all(out.exists() for out in job.outputs):
-        return [_skipped(job, out) for out in job.outputs]
+        return [skipped(job, out) for out in job.outputs]
     return None
 
 
@@ -361,17 +269,3 @@ def check_outputs(job: Job, opts: DecodeOptions) -> None:
     for out in job.outputs:
         if not (opts.skip_existing and out.exists()):
             check_output(out, opts.overwrite)
-
-
-def decode_file(
-    path: str | Path, opts: DecodeOptions | None = None, progress: ProgressFn | None = None
-) -> list[VideoResult]:
-    """Decode one latent file to video(s) with `opts`; returns one result per batch element."""
-    opts = opts or DecodeOptions()
-    validate(opts)
-    job = plan(Path(path), opts)
-    check_outputs(job, opts)
-    skipped = all_skipped(job, opts)
-    if skipped is not None:
-        return skipped
-    return run_job(job, build_decoder(opts, job.preset), opts, progress)

@@ -12,12 +12,12 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 
-from latent2mp4.engine import decode_stream
+from latent2mp4.arrays import LATENT_SUFFIXES
+from latent2mp4.decoder import Decoder
 from latent2mp4.errors import InputError
 from latent2mp4.frames import to_frames
-from latent2mp4.pipeline import DecodeOptions, Decoder, build_decoder, plan
+from latent2mp4.pipeline import DecodeOptions, plan
 
-LATENT_SUFFIXES = (".safetensors", ".latent")
 Frames = Generator[np.ndarray, None, None]
 
 
@@ -39,7 +39,7 @@ class FrameSource:
 
 
 def open_frames(path: Path, decode_opts: DecodeOptions | None = None) -> FrameSource:
-    """A video (anything ffmpeg reads) or a latent file (`.safetensors`, `.latent`).
+    """A video (anything ffmpeg reads) or a latent file (any suffix `decode` reads).
 
     Latent files are decoded on the fly with `decode_opts`, exactly as `latent2mp4 decode` does;
     of a file that holds several videos (batch, trajectory steps) the first one `decode` would
@@ -72,7 +72,7 @@ def _open_latent(
     job = plan(path, opts)
     key = job.preset.source or job.preset.name
     if key not in decoders:
-        decoders[key] = build_decoder(opts, job.preset)
+        decoders[key] = Decoder(opts, job.preset)
     dec = decoders[key]
     first = job.videos[0]  # the last trajectory step (or --index), batch element 0
     notes = job.notes
@@ -80,12 +80,9 @@ def _open_latent(
         notes += (f"holds {len(job.videos)} videos; using the first ({first.output.stem})",)
 
     def frames() -> Frames:
-        z = dec.prepare(job, job.latents(first))
-        chunks = decode_stream(dec.module, z, job.grid, dec.device, dec.dtype, job.chunk_frames)
-        yield from to_frames(chunks)
+        yield from to_frames(dec.stream(job, first))
 
-    h, w = (d * job.preset.spatial_ratio for d in job.z.shape[-2:])
-    return FrameSource(name, path, (h, w), job.frames, job.fps, frames, notes)
+    return FrameSource(name, path, job.size, job.frames, job.fps, frames, notes)
 
 
 def _open_video(path: Path, name: str) -> FrameSource:

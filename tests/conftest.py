@@ -58,3 +58,9 @@ def assert_one_line_error(run: Run, code: int, *fragments: str) -> None:
     assert lines[0].startswith("error:"), lines
     for f in fragments:
         assert f in lines[0], (f, lines[0])
+
+
+def whole(view) -> torch.Tensor:
+    """Every selected video of a `LatentView` as one `(S, B, C, T, h, w)` tensor (test oracle)."""
+    s, b, _, t = view.shape[:4]
+    return torch.stack([torch.cat([view.read(p, i, 0, t) for i in range(b)]) for p in range(s)])

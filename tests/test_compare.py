@@ -165,13 +165,13 @@ def test_a_latent_file_against_its_own_preview_decode_is_identical(tmp_path, mon
     decode_file(lat, DecodeOptions(decoder="preview", lossless=True, out=video))
     video = tmp_path / "z-0.mkv"  # batch element 0 of two
     built = []
-    build = sources_mod.build_decoder
+    build = sources_mod.Decoder
 
     def counting(opts, preset):
         built.append(preset)
         return build(opts, preset)
 
-    monkeypatch.setattr(sources_mod, "build_decoder", counting)
+    monkeypatch.setattr(sources_mod, "Decoder", counting)
     lat2 = save_latents(tmp_path / "y.safetensors", latents((16, 3, 4, 6), seed=3), model="wan")
     z, y, v = open_all([lat, lat2, video], PREVIEW)
     assert len(built) == 1  # one decoder serves both latent files

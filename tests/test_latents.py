@@ -15,7 +15,7 @@ from latent2mp4.latents import (
 )
 from latent2mp4.presets import load_preset
 
-from conftest import latents
+from conftest import latents, whole
 
 WAN = load_preset("wan")
 
@@ -82,15 +82,19 @@ def test_missing_file(tmp_path):
 )
 def test_shapes_become_bcthw(tmp_path, shape, expected):
     lf = read_latent_file(write(tmp_path / "a.safetensors", {"latents": latents(shape)}))
-    assert select_video(lf, WAN).z.shape == expected
+    assert whole(select_video(lf, WAN).view).shape == expected
 
 
 def test_trajectory_index_picks_a_step_and_says_so(tmp_path):
     traj = torch.stack([torch.full((1, 16, 2, 3, 3), float(i)) for i in range(5)])
     lf = read_latent_file(write(tmp_path / "t.safetensors", {"latents": traj}))
-    assert select_video(lf, WAN).z.unique().item() == 4.0
+    assert whole(select_video(lf, WAN).view).unique().item() == 4.0
     sel = select_video(lf, WAN, index=1)
-    assert sel.z.unique().item() == 1.0 and "steps 1 of 5" in sel.notes[0] and sel.steps == (1,)
+    assert (
+        whole(sel.view).unique().item() == 1.0
+        and "steps 1 of 5" in sel.notes[0]
+        and sel.steps == (1,)
+    )
     with pytest.raises(UsageError, match="out of range"):
         select_video(lf, WAN, index=5)
 
@@ -111,7 +115,7 @@ def test_index_specs_select_trajectory_steps(tmp_path, spec, steps):
         read_latent_file(write(tmp_path / "t.safetensors", {"latents": traj})), WAN, index=spec
     )
     assert list(sel.steps) == steps
-    assert sel.z[:, 0, 0, 0, 0, 0].tolist() == [float(s) for s in steps]
+    assert whole(sel.view)[:, 0, 0, 0, 0, 0].tolist() == [float(s) for s in steps]
 
 
 @pytest.mark.parametrize("spec", ["x", "1:2:3:4", "5:5", "12"])
@@ -126,9 +130,9 @@ def test_bad_index_specs(tmp_path, spec):
 def test_bfchw_layout_is_permuted(tmp_path):
     x = latents((1, 3, 16, 4, 5))  # B, F, C, H, W
     lf = read_latent_file(write(tmp_path / "c.safetensors", {"latents": x}))
-    z = select_video(lf, load_preset("cogvideox")).z
+    z = whole(select_video(lf, load_preset("cogvideox")).view)
     assert torch.equal(z[0], x.permute(0, 2, 1, 3, 4))
-    assert select_video(lf, WAN, layout="BFCHW").z.shape == (1, 1, 16, 3, 4, 5)
+    assert whole(select_video(lf, WAN, layout="BFCHW").view).shape == (1, 1, 16, 3, 4, 5)
 
 
 def test_the_other_layout_is_taken_only_when_it_alone_fits(tmp_path):
@@ -136,17 +140,17 @@ def test_the_other_layout_is_taken_only_when_it_alone_fits(tmp_path):
     x = latents((1, 16, 3, 4, 5))  # B, C, F, H, W: a CogVideoX latent saved channels-first
     lf = read_latent_file(write(tmp_path / "c.safetensors", {"latents": x}))
     sel = select_video(lf, cog)
-    assert torch.equal(sel.z[0], x) and "read as BCFHW" in sel.notes[0]
+    assert torch.equal(whole(sel.view)[0], x) and "read as BCFHW" in sel.notes[0]
     frames_first = read_latent_file(
         write(tmp_path / "w.safetensors", {"latents": x.transpose(1, 2).contiguous()})
     )
-    assert torch.equal(select_video(frames_first, WAN).z[0], x)
+    assert torch.equal(whole(select_video(frames_first, WAN).view)[0], x)
     # 16 frames of 16 channels: ambiguous, so the preset's layout holds, and --layout is obeyed.
     square = read_latent_file(
         write(tmp_path / "s.safetensors", {"latents": latents((1, 16, 16, 2, 3))})
     )
     assert (
-        select_video(square, cog).z.shape == (1, 1, 16, 16, 2, 3)
+        whole(select_video(square, cog).view).shape == (1, 1, 16, 16, 2, 3)
         and not select_video(square, cog).notes
     )
     with pytest.raises(InputError, match="3 channels"):
@@ -158,7 +162,9 @@ def test_comfyui_files_are_channels_first_whatever_the_preset(tmp_path):
     f = write(
         tmp_path / "a.latent", {"latent_tensor": x, "latent_format_version_0": torch.tensor([])}
     )
-    assert torch.equal(select_video(read_latent_file(f), load_preset("cogvideox")).z[0], x)
+    assert torch.equal(
+        whole(select_video(read_latent_file(f), load_preset("cogvideox")).view)[0], x
+    )
 
 
 @pytest.mark.parametrize(
@@ -185,7 +191,7 @@ def test_half_precision_latents_are_accepted(tmp_path):
         lf = read_latent_file(
             write(tmp_path / "h.safetensors", {"latents": latents((16, 2, 4, 4), dtype=dtype)})
         )
-        assert select_video(lf, WAN).z.dtype == dtype
+        assert whole(select_video(lf, WAN).view).dtype == dtype
 
 
 def test_comfyui_latent_files_are_vae_space(tmp_path):
@@ -230,6 +236,6 @@ def test_cogvideox15_front_padding_is_dropped(tmp_path):
         write(tmp_path / "c.safetensors", {"latents": latents((1, 22, 16, 4, 4))})
     )
     sel = select_video(lf, load_preset("cogvideox1.5"))
-    assert sel.z.shape[3] == 21 and "padding" in sel.notes[-1]
-    assert torch.equal(sel.z[0], lf.tensor.permute(0, 2, 1, 3, 4)[:, :, 1:])
-    assert select_video(lf, load_preset("cogvideox")).z.shape[3] == 22
+    assert whole(sel.view).shape[3] == 21 and "padding" in sel.notes[-1]
+    assert torch.equal(whole(sel.view)[0], lf.tensor.permute(0, 2, 1, 3, 4)[:, :, 1:])
+    assert whole(select_video(lf, load_preset("cogvideox")).view).shape[3] == 22

@@ -8,7 +8,8 @@ from safetensors.torch import save_file
 
 from latent2mp4 import memory, tiling
 from latent2mp4.errors import InputError
-from latent2mp4.pipeline import DecodeOptions, build_decoder, plan, run_job
+from latent2mp4.decoder import Decoder
+from latent2mp4.pipeline import DecodeOptions, plan
 from latent2mp4.video import read_video
 
 from conftest import latents
@@ -27,7 +28,7 @@ def test_frames_reach_the_writer_before_the_last_latent_frame_is_decoded(tmp_pat
     save_file({"latents": latents((1, 16, T, 4, 4))}, str(tmp_path / "z.safetensors"))
     opts = DecodeOptions(model="wan", vae=str(wan_vae), out=tmp_path / "z.mkv", lossless=True)
     job = plan(tmp_path / "z.safetensors", opts)
-    dec = build_decoder(opts, job.preset)
+    dec = Decoder(opts, job.preset)
     calls: list[int] = []
     original = dec.module.decode_chunk
 
@@ -37,7 +38,7 @@ def test_frames_reach_the_writer_before_the_last_latent_frame_is_decoded(tmp_pat
 
     dec.module.decode_chunk = counting  # observe, do not replace: the real decoder still runs
     seen_at_write: list[int] = []
-    run_job(job, dec, opts, progress=lambda n: seen_at_write.append(len(calls)))
+    dec.run(job, opts, progress=lambda n: seen_at_write.append(len(calls)))
     assert len(calls) == T and len(seen_at_write) == 4 * (T - 1) + 1
     # The decoder runs at most a couple of chunks ahead of the writer (the prefetch queue), so
     # the first frames were written long before the last latent frame was decoded.
