@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import save_file
 
 from latent2mp4 import memory, tiling
-from latent2mp4.errors import InputError
 from latent2mp4.decoder import Decoder
+from latent2mp4.errors import InputError
 from latent2mp4.pipeline import DecodeOptions, plan
 from latent2mp4.video import read_video
 
