@@ -3,6 +3,7 @@
     python scripts/bench.py                        # speed: every family, fp32 and bf16, 3 runs each
     python scripts/bench.py --families wan --dtypes fp32 --repeats 5
     python scripts/bench.py --mode scale           # peak RSS for 6/11/21/41 latent frames (Wan)
+    python scripts/bench.py --mode input           # ours alone: input-inclusive peak, 720p bf16
     python scripts/bench.py --quick                # tiny test configs: seconds (the smoke test)
     python scripts/bench.py --device cuda --families wan --frames 21 --size 60,104   # GPU, 480p
 
@@ -21,6 +22,11 @@ diffusers: `from_pretrained`, the pipeline's de-normalisation, `vae.decode`, `po
   (`lossless=True`: libx264rgb QP 0) that is read back; diffusers' postprocessed frames are
   ×255 and rounded (`export_to_video` truncates; we round both sides). bf16 rows also give ours
   bf16 against ours fp32.
+Input mode measures our whole process (reading the latent file included) against clip length:
+bf16 latents at 720p saved with `save_file`, 6 → 161 latent frames (21 → 641 output frames), with
+the preview decoder and with the VAE decoder (the tiny test widths: the input side's memory does
+not depend on the decoder's width, and real widths at 720p would take hours on a CPU); it also
+times the validation pass (header + streamed NaN/Inf scan) on its own.
 Scale mode measures peak RSS against clip length at a small spatial size (16×16 latents by
 default, to stay feasible on a few cores; `--size 60,104` is 480p) and plots it (matplotlib,
 `pip install -e '.[bench]'`).
@@ -49,6 +55,9 @@ TOOLS = ("ours", "diffusers")
 DTYPES = ("fp32", "bf16")
 SCALE_FRAMES = (6, 11, 21, 41)  # latent frames; 41 → 161 output frames
 SCALE_SIZE = (16, 16)
+INPUT_FRAMES = (6, 21, 41, 81, 161)  # latent frames; 161 → 641 output frames
+INPUT_SIZE = (90, 160)  # 720p in Wan latents
+DECODERS = ("preview", "vae")
 
 
 @dataclass(frozen=True)
@@ -179,11 +188,17 @@ def child(a: argparse.Namespace) -> None:
     frames = None
     if a.tool == "ours":
         from latent2mp4 import DecodeOptions, decode_file
+        from latent2mp4.pipeline import plan
         from latent2mp4.video import read_video
 
         opts = DecodeOptions(model=fam.preset, vae=a.vae, out=a.out, device=a.device, dtype=a.dtype,
-                             overwrite=True, lossless=a.frames_npy is not None)  # fmt: skip
+                             overwrite=True, lossless=a.frames_npy is not None,
+                             decoder=a.decoder)  # fmt: skip
         start = time.perf_counter()
+        if a.time_plan:  # validation alone: header, layout, streamed NaN/Inf scan
+            plan(Path(a.latents), opts)
+            validate_s = time.perf_counter() - start
+            start = time.perf_counter()
         res = decode_file(a.latents, opts)[0]
         wall = time.perf_counter() - start
         rss = peak_rss_mib()
@@ -226,14 +241,17 @@ def child(a: argparse.Namespace) -> None:
               "video": "×".join(map(str, shape)), "threads": torch.get_num_threads(),
               "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20
               if a.device.startswith("cuda") else 0.0}  # fmt: skip
+    if a.tool == "ours" and a.time_plan:
+        result["validate_s"] = validate_s
     Path(a.result).write_text(json.dumps(result))
 
 
 def run_child(tool: str, name: str, dtype: str, vae: Path, latents: Path, workdir: Path,
-              device: str, frames_npy: Path | None = None) -> dict[str, Any]:  # fmt: skip
+              device: str, frames_npy: Path | None = None, decoder: str = "vae",
+              time_plan: bool = False) -> dict[str, Any]:  # fmt: skip
     """One `_run` subprocess; its measurements plus the whole process's wall time."""
     kind = "quality" if frames_npy else "timed"
-    stem = f"{latents.stem}-{tool}-{dtype}-{kind}"
+    stem = f"{latents.stem}-{tool}-{dtype}-{kind}" + ("" if decoder == "vae" else f"-{decoder}")
     out, result = workdir / "videos" / f"{stem}.mp4", workdir / "runs" / f"{stem}.json"
     for folder in (out.parent, result.parent):
         folder.mkdir(parents=True, exist_ok=True)
@@ -241,6 +259,7 @@ def run_child(tool: str, name: str, dtype: str, vae: Path, latents: Path, workdi
             "--dtype", dtype, "--vae", str(vae), "--latents", str(latents), "--out", str(out),
             "--result", str(result), "--device", device]  # fmt: skip
     argv += ["--frames-npy", str(frames_npy)] if frames_npy else []
+    argv += ["--decoder", decoder] + (["--time-plan"] if time_plan else [])
     start = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True)
     process = time.perf_counter() - start
@@ -359,6 +378,48 @@ def scale(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, Any]]
     return rows, markdown(head, cells)
 
 
+def input_scale(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, Any]], str]:
+    """Ours alone, reading included: peak RSS against clip length for bf16 720p latent files."""
+    import torch
+    from safetensors.torch import save_file
+
+    from latent2mp4 import load_preset
+
+    rows, cells = [], []
+    h, w = args.size or INPUT_SIZE
+    for name in args.families:
+        vae = make_vae(name, True, workdir)  # tiny widths: see the module docstring
+        channels = load_preset(FAMILIES[name].preset).latent_channels
+        for t in args.frames or INPUT_FRAMES:
+            path = workdir / "latents" / f"{name}-input-{t}x{h}x{w}-bf16.safetensors"
+            if not path.is_file():
+                g = torch.Generator().manual_seed(0)
+                z = torch.randn(1, channels, t, h, w, generator=g).to(torch.bfloat16)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_file({"latents": z}, str(path))
+                del z
+            for decoder in args.decoders:
+                r = run_child("ours", name, "bf16", vae, path, workdir, args.device,
+                              decoder=decoder, time_plan=True)  # fmt: skip
+                mib = path.stat().st_size / 2**20
+                rows.append({"family": name, "decoder": decoder, "latent_frames": t,
+                             "file_mib": mib, **r})  # fmt: skip
+                cells.append([name, decoder, str(t), r["video"], f"{mib:.0f}",
+                              f"{r['peak_rss_mib']:.0f}", f"{r['validate_s']:.2f}",
+                              f"{r['wall_s']:.1f}"])  # fmt: skip
+    for name in args.families:
+        for decoder in args.decoders:
+            mine = [r for r in rows if r["family"] == name and r["decoder"] == decoder]
+            peaks = [r["peak_rss_mib"] for r in mine]
+            if peaks:
+                growth = (max(peaks) - min(peaks)) / min(peaks) * 100
+                print(f"{name} {decoder}: peak RSS {min(peaks):.0f}–{max(peaks):.0f} MiB "
+                      f"({growth:.1f} % spread)")  # fmt: skip
+    head = ["family", "decoder", "latent frames", "video F×H×W", "latent file MiB",
+            "peak RSS MiB (ours, input included)", "validation s", "decode + write s"]  # fmt: skip
+    return rows, markdown(head, cells)
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     try:
         import matplotlib
@@ -402,9 +463,12 @@ def main() -> None:
             ap.add_argument(opt, required=True)
         ap.add_argument("--out", type=Path, required=True)
         ap.add_argument("--frames-npy")
+        ap.add_argument("--decoder", default="vae")
+        ap.add_argument("--time-plan", action="store_true")
         return child(ap.parse_args(sys.argv[2:]))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--mode", choices=("speed", "scale"), default="speed")
+    ap.add_argument("--mode", choices=("speed", "scale", "input"), default="speed")
+    ap.add_argument("--decoders", type=csv, default=list(DECODERS), help="input mode: preview,vae")
     ap.add_argument("--families", type=csv, help="default: all (scale: wan)")
     ap.add_argument("--dtypes", type=csv, help="default: fp32,bf16 (scale: fp32)")
     ap.add_argument("--repeats", type=int, help="timed runs per tool (default: speed 3, scale 1)")
@@ -440,8 +504,8 @@ def main() -> None:
         f"diffusers {mach['diffusers']}, Python {mach['python']}, {mach['os']}"
     )
     print(f"machine: {desc}\ncommand: {command}", flush=True)
-    rows, table = (speed if is_speed else scale)(args, workdir)
-    stem = "results" if is_speed else "memory_scaling"
+    rows, table = {"speed": speed, "scale": scale, "input": input_scale}[args.mode](args, workdir)
+    stem = {"speed": "results", "scale": "memory_scaling", "input": "input_scaling"}[args.mode]
     notes = (
         "wall: load weights + read latents + decode + write the video (median; imports excluded); "
         "process: the whole subprocess. Peak RSS: VmHWM of the Python process (weights "
