@@ -1,14 +1,17 @@
 """Latent arrays as stored: shape and dtype up front, elements read by index only when asked.
 
 Every file format latent2mp4 reads becomes a name → `StoredArray` table. safetensors and `.npy`
-files stay on disk and each `take` reads just the elements it indexes (the file is opened per read,
-so pages it touched are released with it and the process never maps the whole file); pickles and
-`.npz` members cannot be sliced on disk and are held in memory once, still converted per chunk.
+files stay on disk and each `take` reads just the bytes it indexes; pickles and `.npz` members
+cannot be sliced on disk and are held in memory once (still converted per chunk).
 """
 
 from __future__ import annotations
 
+import itertools
+import json
+import math
 import re
+import struct
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +44,8 @@ _SAFETENSORS_DTYPES = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+_STORED = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
+           "I8": "i1", "U8": "u1", "BOOL": "?"}  # fmt: skip
 
 
 class StoredArray(Protocol):
@@ -58,29 +63,69 @@ class StoredArray(Protocol):
 
 
 @dataclass(frozen=True)
-class SafetensorsArray:
+class RawArray:
+    """A C-ordered array stored at a byte offset of a file (safetensors, `.npy`).
+
+    Reads are plain positioned reads of just the indexed bytes, one per contiguous run (a time
+    range of one channel, say): no memory map, so what was read once is the page cache's, not
+    this process's, and the process's memory does not grow with the file.
+    """
+
     path: Path
-    key: str
+    offset: int
     shape: tuple[int, ...]
     dtype: torch.dtype | str
+    stored: str  # NumPy dtype string of the bytes as stored ("<u2" for bf16)
 
     def take(self, index: Index) -> Tensor:
-        with safe_open(str(self.path), framework="pt") as f:
-            return f.get_slice(self.key)[index]
+        if not isinstance(self.dtype, torch.dtype):
+            raise InputError(f"{self.path}: cannot read {self.dtype} values")
+        starts, counts, keep = _box(self.shape, index)
+        raw = np.dtype(self.stored)
+        out = np.empty(math.prod(counts), dtype=raw)
+        strides = [math.prod(self.shape[d + 1 :]) for d in range(len(self.shape))]
+        # The innermost axes taken whole, plus the next one, form one contiguous run.
+        k = len(self.shape)
+        while k > 0 and counts[k - 1] == self.shape[k - 1]:
+            k -= 1
+        run = math.prod(counts[max(k - 1, 0) :])
+        outer = [range(starts[d], starts[d] + counts[d]) for d in range(max(k - 1, 0))]
+        base = starts[k - 1] * strides[k - 1] if k > 0 else 0
+        view = memoryview(out.view(np.uint8).data)
+        with self.path.open("rb", buffering=0) as f:
+            for i, pos in enumerate(itertools.product(*outer)) if run else ():
+                start = base + sum(p * strides[d] for d, p in enumerate(pos))
+                f.seek(self.offset + start * raw.itemsize)
+                chunk = view[i * run * raw.itemsize : (i + 1) * run * raw.itemsize]
+                if f.readinto(chunk) != len(chunk):
+                    raise InputError(f"{self.path}: the file ends early (truncated?)")
+        if not raw.isnative:
+            out = out.astype(raw.newbyteorder("="))
+        x = torch.from_numpy(out.reshape(counts))
+        if self.dtype == torch.bfloat16:
+            x = x.view(torch.bfloat16)
+        return x.reshape([c for c, kept in zip(counts, keep, strict=True) if kept])
 
 
-@dataclass(frozen=True)
-class NpyArray:
-    path: Path
-    shape: tuple[int, ...]
-    dtype: torch.dtype | str
-
-    def take(self, index: Index) -> Tensor:
-        mapped = np.load(self.path, mmap_mode="r", allow_pickle=False)
-        try:
-            return torch.from_numpy(np.array(mapped[index]))
-        finally:
-            del mapped  # unmaps the file: its pages leave this process's memory
+def _box(shape: tuple[int, ...], index: Index) -> tuple[list[int], list[int], list[bool]]:
+    """Per axis: first element, element count, and whether the axis stays (slices) or goes
+    (integers). Steps other than 1 are not needed by any caller."""
+    index = index + (slice(None),) * (len(shape) - len(index))
+    starts, counts, keep = [], [], []
+    for size, ix in zip(shape, index, strict=True):
+        if isinstance(ix, int):
+            if not -size <= ix < size:
+                raise IndexError(f"index {ix} out of range for an axis of {size}")
+            starts.append(ix % size)
+            counts.append(1)
+            keep.append(False)
+        else:
+            start, stop, step = ix.indices(size)
+            assert step == 1, "strided reads are not supported"
+            starts.append(start)
+            counts.append(max(0, stop - start))
+            keep.append(True)
+    return starts, counts, keep
 
 
 @dataclass(frozen=True)
@@ -154,20 +199,26 @@ def open_arrays(path: Path) -> tuple[dict[str, StoredArray], dict[str, str]]:
 
 def _safetensors_arrays(path: Path) -> tuple[dict[str, StoredArray], dict[str, str]]:
     try:
-        with safe_open(str(path), framework="pt") as f:
-            arrays: dict[str, StoredArray] = {}
-            for k in f.keys():
-                s = f.get_slice(k)
-                dtype = s.get_dtype()
-                arrays[k] = SafetensorsArray(
-                    path, k, tuple(s.get_shape()), _SAFETENSORS_DTYPES.get(dtype, dtype)
-                )
-            return arrays, dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        with safe_open(str(path), framework="pt") as f:  # validates the whole header
+            metadata = dict(f.metadata() or {})
+        with path.open("rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+    except (SafetensorError, OSError, ValueError, RuntimeError, struct.error) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         if _looks_pickled(path):
             reason = "it is a PyTorch pickle; name it .pt or re-save it with save_latents"
         raise InputError(f"{path}: not a readable safetensors file ({reason})") from None
+    arrays: dict[str, StoredArray] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        code = entry["dtype"]
+        dtype = _SAFETENSORS_DTYPES.get(code, code)
+        stored = "<u2" if dtype == torch.bfloat16 else _STORED.get(code, "u1")
+        offset = 8 + size + int(entry["data_offsets"][0])
+        arrays[name] = RawArray(path, offset, tuple(entry["shape"]), dtype, stored)
+    return arrays, metadata
 
 
 def _looks_pickled(path: Path) -> bool:
@@ -179,19 +230,28 @@ def _looks_pickled(path: Path) -> bool:
 
 def _numpy_dtype(dtype: np.dtype) -> torch.dtype | str:
     try:
-        return torch.from_numpy(np.zeros(0, dtype)).dtype
+        return torch.from_numpy(np.zeros(0, dtype.newbyteorder("="))).dtype
     except TypeError:
         return str(dtype)
 
 
-def _npy_array(path: Path) -> NpyArray:
+def _npy_array(path: Path) -> RawArray:
     try:
-        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+        with path.open("rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(f)
+            offset = f.tell()
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: not a readable .npy array ({_first_line(e)})") from None
-    shape, dtype = tuple(mapped.shape), _numpy_dtype(mapped.dtype)
-    del mapped
-    return NpyArray(path, shape, dtype)
+    if fortran or dtype.hasobject:
+        why = "Fortran order" if fortran else "Python objects"
+        raise InputError(f"{path}: not a readable .npy array ({why}; save a C-ordered array)")
+    return RawArray(path, offset, tuple(shape), _numpy_dtype(dtype), dtype.str)
 
 
 def _npz_arrays(path: Path) -> dict[str, StoredArray]:
@@ -251,6 +311,33 @@ def _why(e: Exception) -> str:
 
 def _first_line(e: Exception) -> str:
     return str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+
+
+# Exponent bits of each float format: all ones means Inf or NaN. Counting them on the integer
+# view is several times faster than torch.isfinite on bf16/fp16 and needs no float copy.
+_EXPONENT = {
+    torch.bfloat16: (np.uint16, 0x7F80),
+    torch.float16: (np.uint16, 0x7C00),
+    torch.float32: (np.uint32, 0x7F800000),
+    torch.float64: (np.uint64, 0x7FF0000000000000),
+}
+
+
+def count_nonfinite(x: Tensor) -> int:
+    """NaN and Inf values in a float tensor."""
+    if x.dtype not in _EXPONENT or x.device.type != "cpu":
+        return int(x.numel() - torch.isfinite(x).sum())
+    kind, mask = _EXPONENT[x.dtype]
+    bits = x.contiguous().view(_INT_VIEW[x.dtype]).numpy().view(kind)
+    return int(np.count_nonzero((bits & kind(mask)) == kind(mask)))
+
+
+_INT_VIEW = {
+    torch.bfloat16: torch.int16,
+    torch.float16: torch.int16,
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+}
 
 
 def dtype_name(dtype: torch.dtype | str) -> str:

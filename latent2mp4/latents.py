@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from latent2mp4.arrays import StoredArray, dtype_name, in_memory, open_arrays
+from latent2mp4.arrays import StoredArray, count_nonfinite, dtype_name, in_memory, open_arrays
 from latent2mp4.errors import InputError, UsageError
 from latent2mp4.presets import Normalization, Preset
 
@@ -168,7 +168,7 @@ class LatentView:
             for b in range(self.shape[1]):
                 for t in range(0, self.shape[3], step):
                     x = self.read(pos, b, t, min(t + step, self.shape[3]))
-                    bad += int(x.numel() - torch.isfinite(x).sum())
+                    bad += count_nonfinite(x)
         return bad
 
 

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from latent2mp4 import latents as latents_mod
-from latent2mp4.arrays import LATENT_SUFFIXES, SafetensorsArray
+from latent2mp4.arrays import LATENT_SUFFIXES, RawArray
 from latent2mp4.batch import collect_inputs
 from latent2mp4.errors import InputError
 from latent2mp4.latents import read_latent_file, select_video
@@ -80,6 +80,11 @@ def test_numpy_files(tmp_path, cli, reference):
     assert np.array_equal(preview_frames(cli, tmp_path / "z.npy"), expected)
     assert np.array_equal(preview_frames(cli, tmp_path / "z.npz"), expected)
     assert read_latent_file(tmp_path / "one.npz").key == "arr_0"
+    np.save(tmp_path / "big.npy", z.numpy().astype(">f4"))  # big-endian bytes are swapped
+    assert np.array_equal(preview_frames(cli, tmp_path / "big.npy"), expected)
+    np.save(tmp_path / "f.npy", np.asfortranarray(z.numpy()))
+    with pytest.raises(InputError, match="Fortran order"):
+        read_latent_file(tmp_path / "f.npy")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(InputError, match="not a readable .npy"):
         read_latent_file(tmp_path / "obj.npy")
@@ -140,14 +145,14 @@ def test_decoding_never_reads_more_than_a_chunk(tmp_path, cli, monkeypatch):
     z = latents((1, 16, T, 4, 6))
     save_file({"latents": z}, str(tmp_path / "z.safetensors"))
     frames_read: list[int] = []
-    take = SafetensorsArray.take
+    take = RawArray.take
 
     def spy(self, index):
         x = take(self, index)
         frames_read.append(x.shape[-3])  # (C, t, h, w) after the batch index
         return x
 
-    monkeypatch.setattr(SafetensorsArray, "take", spy)
+    monkeypatch.setattr(RawArray, "take", spy)
     monkeypatch.setattr(latents_mod, "SCAN_BYTES", 2 * 16 * 4 * 6 * 4)  # the scan: 2 frames a read
     expected = preview_frames(cli, tmp_path / "z.safetensors")
     assert frames_read and max(frames_read) <= 2 < T
