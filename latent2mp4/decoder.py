@@ -29,6 +29,7 @@ from latent2mp4.latents import (
     latents_in_memory,
     normalise,
 )
+from latent2mp4.memory import return_large_buffers_to_the_os
 from latent2mp4.models.preview import PreviewDecoder
 from latent2mp4.pipeline import (
     DecodeOptions,
@@ -97,6 +98,7 @@ class Decoder:
 
     def __init__(self, options: DecodeOptions, preset: Preset) -> None:
         """Load the decoder `options` describe for `preset` (prefer `load_decoder`)."""
+        return_large_buffers_to_the_os()
         self.options = options
         self.preset = preset
         self.device = pick_device(options.device)

@@ -17,7 +17,9 @@ _DONE = object()
 
 def quantise(x: Tensor) -> Tensor:
     """`(3, f, H, W)` in [-1, 1] → `(f, H, W, 3)` uint8, rounded (diffusers truncates)."""
-    q = ((x.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+    # One float copy, then in place: the same fp32 arithmetic with a single temporary.
+    q = x.to(torch.float32, copy=True).add_(1.0).mul_(127.5).round_().clamp_(0, 255)
+    q = q.to(torch.uint8)
     return q.permute(1, 2, 3, 0)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +25,26 @@ MAX_CHUNK_FRAMES = 8  # latent frames per GPU decode call; more gains little
 # (fp32 9.6-9.8 s, bf16 1.3-1.4 s) while peak memory grows 4x, so smaller frames are grouped
 # up to this size and larger ones go one at a time.
 BUSY_PIXELS = 832 * 480
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+MMAP_THRESHOLD = 1 << 20
+
+
+def return_large_buffers_to_the_os() -> None:
+    """Make glibc give every buffer of 1 MiB or more straight back to the OS when freed.
+
+    glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), after which
+    mid-sized buffers (a chunk's uint8 frames, say) come from the heap, fragment it, and a long
+    decode's peak memory creeps up chunk after chunk (measured: +13 % over 641 720p frames;
+    with a fixed threshold, flat). Fixing the threshold also turns that adaptation off. Other C
+    libraries have no such knob and need none.
+    """
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        pass
 
 
 def available_bytes(device: torch.device) -> int:

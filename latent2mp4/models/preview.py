@@ -66,4 +66,4 @@ class PreviewDecoder(nn.Module):
         return up.reshape(b, t, c, h * self.ratio, w * self.ratio).permute(0, 2, 1, 3, 4)
 
     def finalize(self, x: Tensor) -> Tensor:
-        return x.clamp(-1.0, 1.0)
+        return x.clamp_(-1.0, 1.0)  # the chunk is this decoder's own fresh tensor
