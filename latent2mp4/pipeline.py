@@ -23,7 +23,7 @@ from latent2mp4.latents import (
     resolve_latent_space,
     select_video,
 )
-from latent2mp4.memory import chunk_frames
+from latent2mp4.memory import chunk_frames, return_large_buffers_to_the_os
 from latent2mp4.presets import Preset, builtin_presets, load_preset
 from latent2mp4.tiling import choose_grid, tile_grid
 from latent2mp4.video import EncodeOptions, check_output
@@ -193,6 +193,7 @@ def plan(path: Path, opts: DecodeOptions, root: Path | None = None) -> Job:
 
 def plan_latents(lf: LatentFile, opts: DecodeOptions, root: Path | None = None) -> Job:
     """`plan` for latents already opened (a file, or a tensor in memory)."""
+    return_large_buffers_to_the_os()  # before the first large buffer: the NaN/Inf scan's
     path = lf.path
     preset = pick_preset(opts, lf)
     sel = select_video(lf, preset, opts.layout, opts.index)
