@@ -45,6 +45,7 @@ err = Console(stderr=True)
 class DecoderKind(str, Enum):
     vae = "vae"
     preview = "preview"
+    tiny = "tiny"
 
 
 class Dtype(str, Enum):
@@ -137,7 +138,9 @@ def decode(
     latent_space: Annotated[
         Space, Opt(help="model: normalised (diffusers); vae: raw (ComfyUI).")
     ] = Space.auto,
-    decoder: Annotated[DecoderKind, Opt(help="vae, or preview (no weights).")] = DecoderKind.vae,
+    decoder: Annotated[
+        DecoderKind, Opt(help="vae; tiny (a taehv file as --vae); or preview (no weights).")
+    ] = DecoderKind.vae,
     device: Annotated[str, Opt(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[Dtype, Opt(help="Decode precision.")] = Dtype.auto,
     tile_size: Annotated[int | None, Opt(help="Spatial tile size in output pixels.")] = None,

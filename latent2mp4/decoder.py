@@ -31,6 +31,7 @@ from latent2mp4.latents import (
 )
 from latent2mp4.memory import return_large_buffers_to_the_os
 from latent2mp4.models.preview import PreviewDecoder
+from latent2mp4.models.taehv import load_tiny
 from latent2mp4.pipeline import (
     DecodeOptions,
     Job,
@@ -87,7 +88,7 @@ class _LatentReader:
 
 
 class Decoder:
-    """A model's decoder, loaded once: VAE weights on a device, or the weightless preview.
+    """A model's decoder, loaded once: VAE or tiny-decoder weights on a device, or the preview.
 
     Make one with `load_decoder`. Every method takes latents as a file path, a torch tensor (any
     device, any float dtype) or a NumPy array, in any shape the CLI accepts: `(C, F, H, W)`,
@@ -111,6 +112,10 @@ class Decoder:
             self.description = "preview (no weights)"
             return
         self.dtype = pick_dtype(options.dtype, self.device, preset, options.lossless)
+        if options.decoder == "tiny":
+            self.module, self.description = load_tiny(options.vae, preset, self.device, self.dtype)
+            self.normalization = preset.normalization
+            return
         loaded = load_vae(resolve_vae(options.vae, preset), preset, self.device, self.dtype)
         self.module = loaded.decoder
         self.normalization = loaded.normalization or preset.normalization
@@ -278,14 +283,15 @@ class Decoder:
         )
 
     def _input_space(self, space: str) -> Callable[[Tensor], Tensor]:
-        """Stored latents → this decoder's input: the preview reads model space, a VAE reads
-        VAE space. Arithmetic in fp32 on the device, as the reference pipelines do it."""
+        """Stored latents → this decoder's input: the preview and tiny decoders read model space,
+        a VAE reads VAE space. Arithmetic in fp32 on the device, as the reference pipelines do it."""
         cuda = self.device.type == "cuda"
         norm = self.normalization
         convert = None
-        if self.kind == "preview" and space == "vae":
+        model_space = self.kind in ("preview", "tiny")
+        if model_space and space == "vae":
             convert = normalise
-        elif self.kind != "preview" and space == "model":
+        elif not model_space and space == "model":
             convert = denormalise
 
         def prepare(raw: Tensor) -> Tensor:
@@ -334,7 +340,8 @@ def load_decoder(
         (local cache first); None: the preset's default repo. Ignored by the preview decoder.
     device : "auto" (first CUDA device, else CPU), "cpu", "cuda", "cuda:1", …
     dtype : "auto" (bf16 where the hardware makes it fast, else fp32), "fp32", "bf16", "fp16".
-    decoder : "vae" (the model's VAE) or "preview" (weightless linear preview).
+    decoder : "vae" (the model's VAE), "tiny" (a madebyollin/taehv file as `vae`) or "preview"
+        (weightless linear preview).
     tile_size, tile_stride, no_tile : spatial tiling in output pixels, as the CLI's options.
     lossless : with dtype "auto", decode in fp32 (for bit-exact `to_video(lossless=True)`).
 
@@ -357,8 +364,8 @@ def load_decoder(
         no_tile=no_tile,
         lossless=lossless,
     )
-    if decoder not in ("vae", "preview"):
-        raise UsageError(f"decoder must be 'vae' or 'preview', not {decoder!r}")
+    if decoder not in ("vae", "preview", "tiny"):
+        raise UsageError(f"decoder must be 'vae', 'tiny' or 'preview', not {decoder!r}")
     validate(opts)
     return Decoder(opts, pick_preset(opts))
 

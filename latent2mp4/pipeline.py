@@ -24,6 +24,7 @@ from latent2mp4.latents import (
     select_video,
 )
 from latent2mp4.memory import chunk_frames, return_large_buffers_to_the_os
+from latent2mp4.models.taehv import TINY_BYTES_PER_PIXEL, download_hint
 from latent2mp4.presets import Preset, builtin_presets, load_preset
 from latent2mp4.tiling import choose_grid, tile_grid
 from latent2mp4.video import EncodeOptions, check_output
@@ -47,7 +48,7 @@ class DecodeOptions:
     index: str | int = -1  # trajectory steps of 6-D tensors: -1, "0,-1", "::10", "all"
     layout: str | None = None  # BCFHW / BFCHW; None: preset
     latent_space: LatentSpace = "auto"
-    decoder: Literal["vae", "preview"] = "vae"
+    decoder: Literal["vae", "preview", "tiny"] = "vae"  # tiny: a taehv file as --vae
     device: str = "auto"
     dtype: str = "auto"
     tile_size: int | None = None  # output pixels; None: preset
@@ -226,6 +227,7 @@ def plan_latents(lf: LatentFile, opts: DecodeOptions, root: Path | None = None) 
         tile_stride=opts.tile_stride,
         no_tile=opts.no_tile,
         preview=opts.decoder == "preview",
+        bytes_per_pixel=TINY_BYTES_PER_PIXEL if opts.decoder == "tiny" else None,
     )
     notes += (tiling_note,) if tiling_note else ()
     per_call = chunk_frames(preset, lh, lw, dtype, grid, device)
@@ -258,7 +260,9 @@ def validate(opts: DecodeOptions, n_inputs: int = 1) -> None:
     device = pick_device(opts.device)
     if preset is not None:
         pick_dtype(opts.dtype, device, preset, opts.lossless)
-        if opts.decoder == "vae":
+        if opts.decoder == "tiny" and opts.vae is None:
+            raise UsageError(f"--decoder tiny needs --vae FILE; {download_hint(preset)}")
+        if opts.decoder != "preview":
             tile_grid(preset, opts.tile_size, opts.tile_stride)
     enc = encode_options(opts, opts.fps or 1.0, {})
     enc.check(

@@ -58,6 +58,19 @@ class Preview:
 
 
 @dataclass(frozen=True)
+class Tiny:
+    """Where the fitting tiny decoder (madebyollin/taehv) is published, for `--decoder tiny`.
+
+    Which checkpoint fits is not stored: a tiny decoder for this preset has the preset's latent
+    channels, patch size `spatial_ratio / 8` and temporal upscale `temporal_ratio`
+    (`Preset.tiny_variant`), and loading checks the file's tensors against that.
+    """
+
+    file: str  # the released file name, e.g. taew2_1.safetensors
+    url: str  # where to download it
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     aliases: tuple[str, ...]
@@ -79,7 +92,14 @@ class Preset:
     decode_bytes_per_pixel: int = 10000  # fp32 peak per output pixel of one tile and chunk
     chunk_frames: int = 4  # output frames decoded at once (a time chunk)
     front_pad_multiple: int = 1  # the pipeline pads latent frames at the front to this multiple
+    tiny: Tiny | None = None  # the published tiny decoder, if any
     source: str = ""
+
+    @property
+    def tiny_variant(self) -> tuple[int, int, int]:
+        """(latent channels, patch size, temporal upscale) a tiny decoder for this preset has:
+        three x2 spatial stages times the patch make the spatial ratio."""
+        return self.latent_channels, self.spatial_ratio // 8, self.temporal_ratio
 
     def frames_out(self, t: int) -> int:
         """Frames the real VAE decodes from `t` latent frames."""
@@ -122,6 +142,7 @@ class Preset:
                 decode_bytes_per_pixel=int(d.get("memory", {}).get("bytes_per_pixel", 10000)),
                 chunk_frames=int(d.get("memory", {}).get("chunk_frames", 4)),
                 front_pad_multiple=int(d.get("front_pad_multiple", 1)),
+                tiny=Tiny(str(d["tiny"]["file"]), str(d["tiny"]["url"])) if "tiny" in d else None,
                 source=str(path),
             )
         except KeyError as e:

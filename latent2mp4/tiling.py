@@ -39,11 +39,13 @@ def choose_grid(
     tile_stride: int | None = None,
     no_tile: bool = False,
     preview: bool = False,
+    bytes_per_pixel: int | None = None,
 ) -> tuple[TileGrid | None, str | None]:
     """Untiled when it fits in memory (exactly diffusers' default decode), else tiles.
 
     A tile size or stride forces tiles, `no_tile` forbids them; a decode that cannot fit either
-    way is refused before any weights are loaded. Returns the grid and a note when auto-tiling
+    way is refused before any weights are loaded. `bytes_per_pixel` replaces the preset's
+    estimate (another decoder for the same latents). Returns the grid and a note when auto-tiling
     kicked in.
     """
     h, w = latent_hw
@@ -57,7 +59,7 @@ def choose_grid(
         return None, None
     forced = tile_size is not None or tile_stride is not None
     grid = None if no_tile else tile_grid(preset, tile_size, tile_stride)
-    untiled = estimate(preset, h, w, dtype, None)
+    untiled = estimate(preset, h, w, dtype, None, bytes_per_pixel)
     if not forced and untiled.bytes <= budget:
         return None, None
     if grid is None:
@@ -65,7 +67,7 @@ def choose_grid(
             f"{where}: decoding {size} frames untiled needs about {untiled.gib:.1f} GiB; {avail} "
             "(drop --no-tile)"
         )
-    tiled = estimate(preset, h, w, dtype, grid)
+    tiled = estimate(preset, h, w, dtype, grid, bytes_per_pixel)
     if tiled.bytes > budget:
         raise InputError(
             f"{where}: {size} frames need about {tiled.gib:.1f} GiB even in tiles; {avail}"
