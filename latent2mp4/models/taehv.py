@@ -116,10 +116,12 @@ class MemBlock(nn.Module):
 
     def __init__(self, n: int) -> None:
         super().__init__()
-        self.conv = nn.Sequential(conv3(2 * n, n), nn.ReLU(), conv3(n, n), nn.ReLU(), conv3(n, n))
+        relu = nn.ReLU(inplace=True)  # on fresh conv outputs only
+        self.conv = nn.Sequential(conv3(2 * n, n), relu, conv3(n, n), relu, conv3(n, n))
 
     def forward(self, x: Tensor, past: Tensor) -> Tensor:
-        return torch.relu(self.conv(torch.cat([x, past], 1)) + x)
+        y = self.conv(torch.cat([x, past], 1))
+        return y.add_(x).relu_()
 
 
 class SuperMemBlock(nn.Module):
@@ -130,12 +132,12 @@ class SuperMemBlock(nn.Module):
         self.conv = nn.Sequential(
             nn.Conv2d(2 * n, 2 * n, 7, padding=3, groups=2 * n, bias=False),
             nn.Conv2d(2 * n, 4 * n, 1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(4 * n, n, 1, bias=False),
         )
 
     def forward(self, x: Tensor, past: Tensor) -> Tensor:
-        return self.conv(torch.cat([x, past], 1)) + x
+        return self.conv(torch.cat([x, past], 1)).add_(x)
 
 
 class TGrow(nn.Module):
@@ -148,25 +150,33 @@ class TGrow(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         nt, c, h, w = x.shape
-        return self.conv(x).reshape(nt * self.stride, c, h, w)
+        y = self.conv(x)
+        if self.stride == 1:
+            return y
+        # One copy into channels-last frames (a plain reshape would leave them channels-first).
+        shape = (nt * self.stride, c, h, w)
+        out = torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
+        out.view(nt, self.stride, c, h, w).copy_(y.view(nt, self.stride, c, h, w))
+        return out
 
 
 def _layers(cfg: TinyConfig) -> list[nn.Module]:
     """The checkpoint's `decoder` sequence, index for index (taehv.py `TAEHV.__init__`)."""
     n, t = cfg.widths, cfg.time_strides
     out = conv3(n[3], IMAGE_CHANNELS * cfg.patch_size**2)
+    relu = nn.ReLU(inplace=True)  # each follows a conv, whose output nothing else holds
     if cfg.super_decoder:
         layers: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, n[0], 1, bias=False)]
         for s in range(STAGES):
             layers += [SuperMemBlock(n[s]) for _ in range(3)]
-            up = [conv3(n[s], 4 * n[s + 1]), nn.ReLU(), nn.PixelShuffle(2), TGrow(n[s + 1], t[s])]
+            up = [conv3(n[s], 4 * n[s + 1]), relu, nn.PixelShuffle(2), TGrow(n[s + 1], t[s])]
             layers += up
         return [*layers, out]
-    layers = [Clamp(), conv3(cfg.latent_channels, n[0]), nn.ReLU()]
+    layers = [Clamp(), conv3(cfg.latent_channels, n[0]), relu]
     for s in range(STAGES):
         layers += [MemBlock(n[s]) for _ in range(3)]
         layers += [nn.Upsample(scale_factor=2), TGrow(n[s], t[s]), conv3(n[s], n[s + 1], False)]
-    return [*layers, nn.ReLU(), out]
+    return [*layers, relu, out]
 
 
 @dataclass
@@ -228,14 +238,17 @@ class TinyDecoder(nn.Module):
 
 def _past(x: Tensor, batch: int, memory: dict[int, Tensor], index: int) -> Tensor:
     """Each frame's previous frame, the first one's from the previous chunk (zeros at the start);
-    keeps this chunk's last frame for the next."""
-    frames = x.unflatten(0, (batch, -1))
+    keeps this chunk's last frames for the next. Frames stay `(B*t, C, H, W)` channels-last."""
+    t = x.shape[0] // batch
     prev = memory.get(index)
-    memory[index] = frames[:, -1:].clone()
     if prev is None:
-        prev = torch.zeros_like(frames[:, :1])
-    past = torch.cat([prev, frames[:, :-1]], 1) if frames.shape[1] > 1 else prev
-    return past.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        prev = torch.zeros_like(x[:batch])
+    if t == 1:  # one frame per chunk: no copies (nothing writes into a block's input)
+        memory[index] = x
+        return prev
+    memory[index] = x[t - 1 :: t].clone()
+    parts = [p for b in range(batch) for p in (prev[b : b + 1], x[b * t : (b + 1) * t - 1])]
+    return torch.cat(parts, 0)
 
 
 # ---- loading ----------------------------------------------------------------------------------
