@@ -6,6 +6,7 @@
     python scripts/bench.py --mode input           # ours alone: input-inclusive peak, 720p bf16
     python scripts/bench.py --quick                # tiny test configs: seconds (the smoke test)
     python scripts/bench.py --device cuda --families wan --frames 21 --size 60,104   # GPU, 480p
+    python scripts/bench.py --mode tiny --dtypes fp32 --frames 21 --size 60,104  # full vs tiny
 
 Setup, cached in --workdir (default out/bench/): each family's real-size default diffusers VAE
 (`AutoencoderKL*()` defaults; Wan 2.2 with the TI2V-5B arguments) with seeded default-init weights,
@@ -27,6 +28,11 @@ bf16 latents at 720p saved with `save_file`, 6 → 161 latent frames (21 → 641
 the preview decoder and with the VAE decoder (the tiny test widths: the input side's memory does
 not depend on the decoder's width, and real widths at 720p would take hours on a CPU); it also
 times the validation pass (header + streamed NaN/Inf scan) on its own.
+Tiny mode runs only ours, three ways on the same latents: the full VAE, `--decoder tiny` (a
+taehv-layout checkpoint with seeded default-init weights at the released widths) and `--decoder
+preview`; it reports their wall times, peak RSS and the full/tiny ratio of multiply-accumulates,
+counted on the `meta` device (no compute). Random weights make quality meaningless here; see
+scripts/tiny_quality.py for tiny-vs-full PSNR with real weights.
 Scale mode measures peak RSS against clip length at a small spatial size (16×16 latents by
 default, to stay feasible on a few cores; `--size 60,104` is 480p) and plots it (matplotlib,
 `pip install -e '.[bench]'`).
@@ -420,6 +426,88 @@ def input_scale(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str,
     return rows, markdown(head, cells)
 
 
+def make_tiny(name: str, workdir: Path) -> Path:
+    """A taehv-layout checkpoint for the family's preset, seeded default init, saved once."""
+    import torch
+    from safetensors.torch import save_file
+
+    from latent2mp4 import load_preset
+    from latent2mp4.models.taehv import TinyConfig, TinyDecoder
+
+    channels, patch, t_up = load_preset(FAMILIES[name].preset).tiny_variant
+    path = workdir / "models" / f"{name}-taehv-{channels}ch.safetensors"
+    if not path.is_file():
+        torch.manual_seed(0)
+        strides = (1, 2, 2) if t_up == 4 else (2, 2, 2)
+        decoder = TinyDecoder(TinyConfig(channels, patch, strides))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in decoder.state_dict().items()}, str(path))
+    return path
+
+
+def count_macs(name: str, vae: Path, tiny: Path, size: tuple[int, int, int]) -> tuple[float, float]:
+    """Multiply-accumulates of the full and the tiny decoder on `size` latents (meta device)."""
+    import torch
+    from safetensors import safe_open
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from latent2mp4 import load_preset
+    from latent2mp4.engine import decode_stream
+    from latent2mp4.models import get_family
+    from latent2mp4.models.taehv import TinyConfig, TinyDecoder
+
+    preset = load_preset(FAMILIES[name].preset)
+    family = get_family(preset.family)
+    config = family.config_from_diffusers(json.loads((vae / "config.json").read_text()))
+    with safe_open(str(tiny), framework="pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    with torch.device("meta"):
+        decoders = (family.build(config), TinyDecoder(TinyConfig.from_shapes(shapes)))
+    z = torch.empty(1, preset.latent_channels, *size, device="meta")
+    macs = []
+    for decoder in decoders:
+        with FlopCounterMode(display=False) as counter:
+            for _ in decode_stream(decoder.eval(), z, device="meta"):  # type: ignore[arg-type]
+                pass
+        macs.append(counter.get_total_flops() / 2)
+    return macs[0], macs[1]
+
+
+def tiny(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, Any]], str]:
+    """Ours three ways on the same latents: full VAE, tiny decoder, preview (alternating runs)."""
+    rows, cells = [], []
+    for name in args.families:
+        t, h, w = FAMILIES[name].tiny_size if args.quick else FAMILIES[name].size
+        size = (args.frames[0] if args.frames else t, *(args.size or (h, w)))
+        vae, taehv = make_vae(name, args.quick, workdir), make_tiny(name, workdir)
+        latents = make_latents(name, args.quick, size, workdir)
+        full_macs, tiny_macs = count_macs(name, vae, taehv, size)
+        weights = {"vae": vae, "tiny": taehv, "preview": vae}
+        for dtype in args.dtypes:
+            runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in weights}
+            for _ in range(args.repeats):
+                for kind, path in weights.items():
+                    runs[kind].append(run_child("ours", name, dtype, path, latents, workdir,
+                                                args.device, decoder=kind))  # fmt: skip
+            m = {kind: {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "peak_rss_mib")}
+                 | {"frames": rs[0]["frames"], "video": rs[0]["video"], "runs": rs}
+                 for kind, rs in runs.items()}  # fmt: skip
+            speedup = m["vae"]["wall_s"] / m["tiny"]["wall_s"]
+            row = dict(family=name, dtype=dtype, latents="×".join(map(str, size)), speedup=speedup,
+                       full_gmac=full_macs / 1e9, tiny_gmac=tiny_macs / 1e9, **m)  # fmt: skip
+            rows.append(row)
+            each = " / ".join
+            cells.append([name, dtype, row["latents"], m["vae"]["video"],
+                          each(f"{m[k]['wall_s']:.2f}" for k in weights), f"{speedup:.1f}",
+                          f"{full_macs / tiny_macs:.1f}",
+                          each(f"{m[k]['frames'] / m[k]['wall_s']:.2f}" for k in weights),
+                          each(f"{m[k]['peak_rss_mib']:.0f}" for k in weights)])  # fmt: skip
+    head = ["family", "dtype", "latents T×h×w", "video F×H×W", "wall s full / tiny / preview",
+            "full/tiny wall", "full/tiny MACs", "frames/s full / tiny / preview",
+            "peak RSS MiB full / tiny / preview"]  # fmt: skip
+    return rows, markdown(head, cells)
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     try:
         import matplotlib
@@ -445,6 +533,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     print(f"plot: {path}")
 
 
+def has_tiny(name: str) -> bool:
+    from latent2mp4 import load_preset
+
+    return load_preset(FAMILIES[name].preset).tiny is not None
+
+
 # ---- command line -----------------------------------------------------------------------------
 
 
@@ -467,7 +561,7 @@ def main() -> None:
         ap.add_argument("--time-plan", action="store_true")
         return child(ap.parse_args(sys.argv[2:]))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--mode", choices=("speed", "scale", "input"), default="speed")
+    ap.add_argument("--mode", choices=("speed", "scale", "input", "tiny"), default="speed")
     ap.add_argument("--decoders", type=csv, default=list(DECODERS), help="input mode: preview,vae")
     ap.add_argument("--families", type=csv, help="default: all (scale: wan)")
     ap.add_argument("--dtypes", type=csv, help="default: fp32,bf16 (scale: fp32)")
@@ -483,6 +577,8 @@ def main() -> None:
     args.dtypes = args.dtypes or (list(DTYPES) if is_speed else ["fp32"])
     if bad := (set(args.families) - set(FAMILIES)) | (set(args.dtypes) - set(DTYPES)):
         ap.error(f"unknown {', '.join(bad)}; families: {', '.join(FAMILIES)}; dtypes: fp32, bf16")
+    if args.mode == "tiny" and not all(has_tiny(f) for f in args.families):
+        ap.error("--mode tiny needs families whose preset names a tiny decoder")
     args.dtypes.sort(key=DTYPES.index)  # fp32 first: bf16 rows compare with its frames
     args.repeats = args.repeats or (3 if is_speed else 1)
     if args.repeats < 1 or (args.size and len(args.size) != 2):
@@ -504,15 +600,24 @@ def main() -> None:
         f"diffusers {mach['diffusers']}, Python {mach['python']}, {mach['os']}"
     )
     print(f"machine: {desc}\ncommand: {command}", flush=True)
-    rows, table = {"speed": speed, "scale": scale, "input": input_scale}[args.mode](args, workdir)
-    stem = {"speed": "results", "scale": "memory_scaling", "input": "input_scaling"}[args.mode]
+    modes = {"speed": speed, "scale": scale, "input": input_scale, "tiny": tiny}
+    rows, table = modes[args.mode](args, workdir)
+    stems = {"speed": "results", "scale": "memory_scaling", "input": "input_scaling"}
+    stem = stems.get(args.mode, args.mode)
     notes = (
         "wall: load weights + read latents + decode + write the video (median; imports excluded); "
         "process: the whole subprocess. Peak RSS: VmHWM of the Python process (weights "
         "included; diffusers also loads the encoder; ffmpeg not counted). PSNR on uint8 frames "
         "(rounded both sides); ours from a lossless file. Random weights: timing only."
     )
-    md = f"## latent2mp4 vs diffusers ({args.mode})\n\nMachine: {desc}\n\n`{command}`\n\n"
+    if args.mode == "tiny":
+        notes = (
+            "All three are latent2mp4 (`--decoder vae/tiny/preview`), medians of alternating runs; "
+            "wall: load + read + decode + write (imports excluded). MACs counted on the meta "
+            "device. Random weights: timing only."
+        )
+    title = "full VAE vs tiny vs preview" if args.mode == "tiny" else f"vs diffusers ({args.mode})"
+    md = f"## latent2mp4 {title}\n\nMachine: {desc}\n\n`{command}`\n\n"
     md += f"{table}\n\n{notes}\n"
     (workdir / f"{stem}.md").write_text(md)
     raw = {"machine": mach, "command": command, "rows": rows}

@@ -44,9 +44,9 @@ IMAGE_CHANNELS = 3
 BASE_TGROW, BASE_STEP = 7, 6
 SUPER_TGROW, SUPER_STEP = 7, 7
 OUT_INDEX = 22  # the final conv in both layouts
-# Peak decode bytes per output pixel of one latent frame (fp32), for tiling decisions; the
-# full VAEs' presets say 10000-45000.
-TINY_BYTES_PER_PIXEL = 3000
+# Peak decode bytes per output pixel of one latent frame (fp32; measured VmHWM growth at 416x240),
+# for tiling decisions; the full VAEs take 10000-45000 (their presets).
+TINY_BYTES_PER_PIXEL = 4000
 
 
 @dataclass(frozen=True)
