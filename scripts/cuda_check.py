@@ -8,6 +8,8 @@ For every family (the tests' tiny random configs, saved with `save_pretrained`):
 - `decode_file(device="cuda", lossless=True)` end to end: frames against the diffusers
   pipeline's, in LSB;
 - bf16 on CUDA against our fp32: PSNR.
+Tiny (taehv) decoders, base and Super, random weights at the released widths: fp32 on CUDA against
+fp32 on the CPU (LSB), fp16 on CUDA against that (PSNR), and `decode_file(--decoder tiny)` on CUDA.
 Prints one line per check and exits 1 if any exceeds its bound.
 """
 
@@ -143,8 +145,51 @@ def main() -> int:
                                            lossless=True, no_tile=True, out=bf16))  # fmt: skip
             p = psnr(read_video(bf16)[0], frames_out)
             report(f"{model} bf16 cuda vs our fp32 PSNR", p, p >= 30, " dB")
+    tiny_checks(report)
     print(f"{failures} failure(s)")
     return 1 if failures else 0
+
+
+def tiny_checks(report: Callable[..., None]) -> None:
+    from safetensors.torch import save_file
+
+    from latent2mp4.models.taehv import TinyConfig, TinyDecoder, load_tiny
+
+    cases = [
+        ("wan", TinyConfig()),
+        ("wan2.2", TinyConfig(48, 2, (1, 2, 2), (512, 256, 128, 64), True)),
+    ]
+    for model, cfg in cases:
+        preset = load_preset(model)
+        name = f"{model} {cfg.describe()}"
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.manual_seed(0)
+            cpu = TinyDecoder(cfg, preset.frames_out).eval()
+            path = Path(tmp) / "taehv.safetensors"
+            save_file({k: v.contiguous() for k, v in cpu.state_dict().items()}, str(path))
+            z = torch.randn(
+                1, cfg.latent_channels, 5, 8, 7, generator=torch.Generator().manual_seed(0)
+            )
+            with torch.inference_mode():
+                ref = torch.cat(list(decode_stream(cpu, z)), 2)
+                outs = {}
+                for dtype in (torch.float32, torch.float16):
+                    dec = load_tiny(str(path), preset, CUDA, dtype)[0]
+                    outs[dtype] = torch.cat(
+                        list(decode_stream(dec, z, device=CUDA, dtype=dtype)), 2
+                    ).cpu()
+            lsb = ((outs[torch.float32] - ref).abs() * 127.5).round().max().item()
+            report(f"{name}: fp32 cuda vs cpu", lsb, lsb <= 1, " LSB")
+            to8 = lambda x: ((x[0] + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()  # noqa: E731
+            p = psnr(to8(outs[torch.float16]), to8(ref))
+            report(f"{name}: fp16 cuda vs fp32 cpu PSNR", p, p >= 35, " dB")
+            src, out = Path(tmp) / "z.safetensors", Path(tmp) / "out.mkv"
+            save_latents(src, z, model=model, latent_space="model")
+            decode_file(src, DecodeOptions(vae=str(path), decoder="tiny", device="cuda", out=out,
+                                           lossless=True))  # fmt: skip
+            frames = read_video(out)[0]
+            lsb = int(np.abs(frames.astype(int) - to8(ref).astype(int)).max())
+            report(f"{name}: decode_file cuda lossless vs cpu frames", lsb, lsb <= 1, " LSB")
 
 
 if __name__ == "__main__":
