@@ -283,8 +283,9 @@ class Decoder:
         )
 
     def _input_space(self, space: str) -> Callable[[Tensor], Tensor]:
-        """Stored latents → this decoder's input: the preview and tiny decoders read model space,
-        a VAE reads VAE space. Arithmetic in fp32 on the device, as the reference pipelines do it."""
+        """Stored latents → this decoder's input: the preview and tiny decoders read model
+        space, a VAE reads VAE space. Arithmetic in fp32 on the device, as the reference
+        pipelines do it."""
         cuda = self.device.type == "cuda"
         norm = self.normalization
         convert = None

@@ -352,3 +352,18 @@ def test_load_tiny_casts_half_checkpoints(tmp_path: Path) -> None:
     got = module.state_dict()["decoder.1.weight"]
     assert got.dtype == torch.float32 and torch.equal(got, sd["decoder.1.weight"])
     assert load_file(str(tmp_path / "t.safetensors"))["decoder.1.weight"].dtype == torch.float16
+
+
+def test_python_api_tiny_decoder(tmp_path: Path) -> None:
+    import latent2mp4
+
+    sd = save_checkpoint(random_checkpoint(TAEW22), tmp_path / "t.pth", half=False)
+    z = latents((1, 48, 2, 3, 3), seed=9)
+    decoder = latent2mp4.load_decoder("wan2.2", tmp_path / "t.pth", "cpu", "fp32", decoder="tiny")
+    video = decoder.decode(z)  # (1, 3, F, H, W) in [-1, 1]
+    got = ((video[0] + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
+    expected = oracle(sd, z[0], cogvideox=False)
+    assert got.shape == expected.shape == (5, 48, 48, 3)
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+    with pytest.raises(latent2mp4.Latent2Mp4Error, match="taew2_2.safetensors"):
+        latent2mp4.load_decoder("wan2.2", None, "cpu", decoder="tiny")
