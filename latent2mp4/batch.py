@@ -6,7 +6,7 @@ import glob
 import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -52,6 +52,7 @@ class Outcome:
             "height": first.height if first else None,
             "fps": first.fps if first else None,
             "seconds": round(self.seconds, 3),
+            "audio": [asdict(r.audio) if r.audio else None for r in self.results],
             "error": self.error,
         }
 

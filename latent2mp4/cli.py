@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from latent2mp4.arrays import LATENT_SUFFIXES
+from latent2mp4.audio import AudioResult
 from latent2mp4.batch import (
     Batch,
     Input,
@@ -32,7 +33,7 @@ from latent2mp4.compare import side_by_side as make_side_by_side
 from latent2mp4.errors import Interrupted, Latent2Mp4Error, UsageError
 from latent2mp4.info import describe_file
 from latent2mp4.pipeline import DecodeOptions, Job, validate
-from latent2mp4.presets import builtin_presets
+from latent2mp4.presets import builtin_presets, load_preset
 from latent2mp4.video import EncodeOptions
 
 app = typer.Typer(
@@ -159,6 +160,24 @@ def decode(
     skip_existing: Annotated[
         bool, Opt("--skip-existing", help="Skip inputs whose output exists.")
     ] = False,
+    audio: Annotated[
+        Path | None, Opt(help="Mux this audio file (wav, flac, mp3, m4a, …) into the video.")
+    ] = None,
+    audio_key: Annotated[
+        str | None, Opt(help="Audio latents tensor name (default: the preset's).")
+    ] = None,
+    audio_vae: Annotated[
+        str | None, Opt(help="Audio VAE folder or file (default: beside --vae).")
+    ] = None,
+    vocoder: Annotated[
+        str | None, Opt(help="Vocoder folder or file (default: beside --vae).")
+    ] = None,
+    no_audio: Annotated[bool, Opt("--no-audio", help="Write video only.")] = False,
+    audio_codec: Annotated[
+        str | None,
+        Opt(help="aac, flac, opus, mp3 or an ffmpeg encoder (default: aac; flac with --lossless)."),
+    ] = None,
+    audio_bitrate: Annotated[str | None, Opt(help="Lossy audio bitrate (default 192k).")] = None,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress or notes.")] = False,
     verbose: Annotated[
         bool, Opt("--verbose", "-v", help="Log the ffmpeg command and more.")
@@ -190,6 +209,13 @@ def decode(
         lossless=lossless,
         overwrite=overwrite,
         skip_existing=skip_existing,
+        audio=audio,
+        audio_key=audio_key,
+        audio_vae=audio_vae,
+        vocoder=vocoder,
+        no_audio=no_audio,
+        audio_codec=audio_codec,
+        audio_bitrate=audio_bitrate,
     )
     with _errors():
         items = collect_inputs(inputs, recursive)
@@ -229,6 +255,8 @@ def _report(o: Outcome, single: bool, quiet: bool, report: Path | None) -> Outco
             status = "skipped (exists)"
         else:
             status = f"{r.frames} frames {r.width}x{r.height} @ {r.fps:g} fps"
+            if r.audio is not None:
+                status += f", audio {_audio(r.audio)}"
         if single:
             out.print(f"{r.output}  {status}", highlight=False, soft_wrap=True)
     return o
@@ -236,7 +264,7 @@ def _report(o: Outcome, single: bool, quiet: bool, report: Path | None) -> Outco
 
 def _summary(outcomes: list[Outcome]) -> None:
     table = Table(title="latent2mp4 decode", show_edge=False)
-    for col in ("file", "frames", "resolution", "seconds", "status"):
+    for col in ("file", "frames", "resolution", "audio", "seconds", "status"):
         table.add_column(col, overflow="fold")
     for o in outcomes:
         rec = o.record()
@@ -246,12 +274,18 @@ def _summary(outcomes: list[Outcome]) -> None:
             str(o.source),
             str(rec["frames"]),
             res,
+            _audio(o.results[0].audio) if o.results and o.results[0].audio else "-",
             f"{o.seconds:.1f}",
             f"[{style}]{o.status}[/{style}]",
         )
     out.print(table)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed")}
     out.print(", ".join(f"{n} {s}" for s, n in counts.items()))
+
+
+def _audio(a: AudioResult) -> str:
+    rate = f" {a.sample_rate / 1000:g} kHz" if a.sample_rate else ""
+    return f"{a.seconds:.2f} s {a.codec}{rate}"
 
 
 @app.command()
@@ -343,10 +377,13 @@ def _comparison_table(result: Comparison) -> None:
 
 
 @app.command()
-def info(path: Annotated[Path, typer.Argument(help="Latent file.")]) -> None:
+def info(
+    path: Annotated[Path, typer.Argument(help="Latent file.")],
+    preset: Annotated[Path | None, Opt(help="Your own preset YAML, considered too.")] = None,
+) -> None:
     """Tensors, metadata and what each fitting model would decode them to."""
     with _errors():
-        d = describe_file(path)
+        d = describe_file(path, load_preset(str(preset)) if preset else None)
     table = Table(title=str(path), show_edge=False)
     for col in ("tensor", "dtype", "shape"):
         table.add_column(col)
@@ -361,6 +398,13 @@ def info(path: Annotated[Path, typer.Argument(help="Latent file.")]) -> None:
     for row in d["fits"]:
         fits.add_row(*row)
     out.print(fits if d["fits"] else "no preset fits this tensor's channel count")
+    if d["audio"]:
+        sound = Table(title="audio", show_edge=False)
+        for col in ("model", "tensor", "shape", "duration"):
+            sound.add_column(col)
+        for row in d["audio"]:
+            sound.add_row(*row)
+        out.print(sound)
 
 
 def _short(v: Any, n: int = 200) -> str:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from latent2mp4 import __version__
+from latent2mp4.audio import AudioModels, audio_loader, audio_track
 from latent2mp4.device import pick_device, pick_dtype
 from latent2mp4.engine import decode_stream
 from latent2mp4.errors import UsageError
@@ -105,6 +106,7 @@ class Decoder:
         self.device = pick_device(options.device)
         self.kind = options.decoder
         self._lock = threading.Lock()
+        self.audio: Callable[[], AudioModels] | None = None  # loads on first audio latents
         if options.decoder == "preview":
             self.module = cast("StreamModule", PreviewDecoder(preset).to(self.device))
             self.dtype = torch.float32
@@ -120,6 +122,7 @@ class Decoder:
         self.module = loaded.decoder
         self.normalization = loaded.normalization or preset.normalization
         self.description = loaded.description
+        self.audio = audio_loader(options, preset, self.device)
 
     # ---- the Python API --------------------------------------------------------------------
 
@@ -262,13 +265,18 @@ class Decoder:
             "comment": f"decoded by latent2mp4 {__version__} ({self.description})",
         }
         start = time.perf_counter()
-        frames = prefetch(to_frames(self.stream(job, video)), PREFETCH_FRAMES)
-        info = write_video(
-            _count(frames, progress),
-            video.output,
-            encode_options(opts, job.fps, meta),
-            opts.overwrite,
-        )
+        out, seconds = video.output, job.frames / job.fps
+        # The audio is decoded first (it is small); the frames stream after it.
+        with audio_track(job.audio, video.batch, self.audio, out, seconds, opts) as sound:
+            track, audio, audio_notes = sound
+            frames = prefetch(to_frames(self.stream(job, video)), PREFETCH_FRAMES)
+            info = write_video(
+                _count(frames, progress),
+                out,
+                encode_options(opts, job.fps, meta),
+                opts.overwrite,
+                track,
+            )
         padded = ("odd size padded by edge replication for the pixel format",)
         return VideoResult(
             job.latent.path,
@@ -279,7 +287,8 @@ class Decoder:
             job.fps,
             time.perf_counter() - start,
             False,
-            job.notes + (padded if info.padded else ()),
+            job.notes + audio_notes + (padded if info.padded else ()),
+            audio,
         )
 
     def _input_space(self, space: str) -> Callable[[Tensor], Tensor]:

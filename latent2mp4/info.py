@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from latent2mp4.audio import latent_seconds
 from latent2mp4.latents import default_key, infer_layout, list_tensors, written_by_comfyui
 from latent2mp4.presets import Preset, builtin_presets
 
@@ -19,15 +20,17 @@ def _video_dims(shape: list[int], preset: Preset, comfy: bool) -> tuple[int, int
     return c, t, full[4], full[5]
 
 
-def describe_file(path: Path) -> dict[str, Any]:
-    """Tensors `{name: (dtype, shape)}`, metadata, and one row per preset that fits."""
+def describe_file(path: Path, own: Preset | None = None) -> dict[str, Any]:
+    """Tensors `{name: (dtype, shape)}`, metadata, one row per preset that fits (built-in ones
+    and `own`), and one per audio latents tensor a sound preset would decode."""
     tensors, metadata = list_tensors(path)
+    presets = {**builtin_presets(), **({own.name: own} if own else {})}
     key = default_key(tensors)
     comfy = written_by_comfyui(tensors, path)
     fits = []
     if key is not None:
         shape = tensors[key][1]
-        for p in builtin_presets().values():
+        for p in presets.values():
             dims = _video_dims(shape, p, comfy)
             if dims is None or dims[0] != p.latent_channels:
                 continue
@@ -44,4 +47,13 @@ def describe_file(path: Path) -> dict[str, Any]:
                     f"{frames / p.fps:.2f} s @ {p.fps:g} fps",
                 )
             )
-    return {"tensors": tensors, "metadata": metadata, "fits": fits, "key": key}
+    audio = []
+    for p in presets.values():
+        if p.audio is None or p.audio.key not in tensors:
+            continue
+        shape = tensors[p.audio.key][1]
+        secs = (
+            f"{latent_seconds(p.audio, shape[2]):.2f} s" if len(shape) == 4 else "not (B,C,L,bins)"
+        )
+        audio.append((p.name, p.audio.key, str(tuple(shape)), secs))
+    return {"tensors": tensors, "metadata": metadata, "fits": fits, "key": key, "audio": audio}

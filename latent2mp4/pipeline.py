@@ -12,6 +12,7 @@ from typing import Literal
 
 import torch
 
+from latent2mp4.audio import AudioResult, AudioSource, plan_audio
 from latent2mp4.device import pick_device, pick_dtype
 from latent2mp4.engine import TileGrid
 from latent2mp4.errors import InputError, UsageError
@@ -61,6 +62,13 @@ class DecodeOptions:
     lossless: bool = False
     overwrite: bool = False
     skip_existing: bool = False
+    audio: Path | None = None  # an audio file to mux in (instead of decoded audio latents)
+    audio_key: str | None = None  # audio latents tensor; None: the preset's
+    audio_vae: str | None = None  # audio VAE folder/file; None: beside --vae, else the hub
+    vocoder: str | None = None  # vocoder folder/file; likewise
+    no_audio: bool = False
+    audio_codec: str | None = None  # None: AAC, FLAC with --lossless, Opus in WebM
+    audio_bitrate: str | None = None  # None: 192k for lossy codecs
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,7 @@ class VideoResult:
     seconds: float
     skipped: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+    audio: AudioResult | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,7 @@ class Job:
     notes: tuple[str, ...]
     grid: TileGrid | None = None  # spatial tiles, when a frame does not fit in memory untiled
     chunk_frames: int = 1  # latent frames per decode call (several on a GPU with room)
+    audio: AudioSource | None = None  # every output's sound: audio latents or a file
 
     @property
     def outputs(self) -> tuple[Path, ...]:
@@ -231,7 +241,8 @@ def plan_latents(lf: LatentFile, opts: DecodeOptions, root: Path | None = None) 
     )
     notes += (tiling_note,) if tiling_note else ()
     per_call = chunk_frames(preset, lh, lw, dtype, grid, device)
-    return Job(lf, preset, sel.view, space, videos, fps, notes, grid, per_call)
+    audio, audio_notes = plan_audio(path, preset, opts, sel.view.shape[1])
+    return Job(lf, preset, sel.view, space, videos, fps, notes + audio_notes, grid, per_call, audio)
 
 
 def skipped(job: Job, out: Path) -> VideoResult:
@@ -255,6 +266,8 @@ def validate(opts: DecodeOptions, n_inputs: int = 1) -> None:
         raise UsageError("--out and --out-dir exclude each other")
     if opts.overwrite and opts.skip_existing:
         raise UsageError("--overwrite and --skip-existing exclude each other")
+    if opts.no_audio and (opts.audio is not None or opts.audio_codec is not None):
+        raise UsageError("--no-audio excludes --audio and --audio-codec")
     name = str(opts.preset) if opts.preset else opts.model
     preset = load_preset(name) if name else None
     device = pick_device(opts.device)

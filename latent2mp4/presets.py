@@ -71,6 +71,30 @@ class Tiny:
 
 
 @dataclass(frozen=True)
+class AudioPreset:
+    """A model that generates sound too (LTX-2): where its audio latents and weights are."""
+
+    key: str = "audio_latents"  # tensor name in latent files
+    vae_subfolder: str = "audio_vae"  # in the hub repo or a pipeline folder
+    vocoder_subfolder: str = "vocoder"
+    sample_rate: int = 24000  # vocoder output (Hz); the vocoder's config.json wins
+    mel_rate: float = 100.0  # mel frames per second (analysis rate / hop): durations for `info`
+
+    @classmethod
+    def from_mapping(cls, d: Any) -> AudioPreset:
+        if not isinstance(d, dict):
+            raise TypeError("audio must be a mapping")
+        names = set(cls.__dataclass_fields__)
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown audio keys {sorted(unknown)}; known: {sorted(names)}")
+        a = cls(**d)
+        if a.sample_rate <= 0 or a.mel_rate <= 0:
+            raise ValueError("audio sample_rate and mel_rate must be positive")
+        return a
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     aliases: tuple[str, ...]
@@ -94,6 +118,7 @@ class Preset:
     front_pad_multiple: int = 1  # the pipeline pads latent frames at the front to this multiple
     tiny: Tiny | None = None  # the published tiny decoder, if any
     source: str = ""
+    audio: AudioPreset | None = None  # the model generates sound too
 
     @property
     def tiny_variant(self) -> tuple[int, int, int]:
@@ -144,6 +169,7 @@ class Preset:
                 front_pad_multiple=int(d.get("front_pad_multiple", 1)),
                 tiny=Tiny(str(d["tiny"]["file"]), str(d["tiny"]["url"])) if "tiny" in d else None,
                 source=str(path),
+                audio=AudioPreset.from_mapping(d["audio"]) if "audio" in d else None,
             )
         except KeyError as e:
             raise UsageError(f"{path}: preset is missing the key {e}") from None

@@ -76,18 +76,40 @@ class EncodeOptions:
             raise UsageError(f"--fps must be positive, not {self.fps}")
 
 
+@dataclass(frozen=True)
+class AudioTrack:
+    """An audio file muxed beside the streamed frames by the same ffmpeg process."""
+
+    path: Path
+    input_args: tuple[str, ...]  # ffmpeg options before its `-i` (e.g. raw sample layout)
+    codec: str  # ffmpeg audio encoder
+    bitrate: str | None  # e.g. "192k"; None for lossless encoders
+    seconds: float  # output duration: the audio is padded with silence or trimmed to it
+
+
 def needs_even_size(pix_fmt: str) -> bool:
     """Chroma-subsampled formats (4:2:0, 4:2:2) need even frame sizes."""
     return pix_fmt.startswith(("yuv420", "yuv422", "nv12", "p010", "yuvj420", "yuvj422"))
 
 
-def ffmpeg_argv(path: Path, width: int, height: int, opts: EncodeOptions) -> list[str]:
-    """The full ffmpeg command: raw rgb24 frames on stdin, one encoded file out."""
+def ffmpeg_argv(
+    path: Path, width: int, height: int, opts: EncodeOptions, audio: AudioTrack | None = None
+) -> list[str]:
+    """The full ffmpeg command: raw rgb24 frames on stdin (and an audio file), one file out."""
     encoder, pix_fmt = opts.encoder(), opts.pixel_format()
     fps = Fraction(opts.fps).limit_denominator(1001)
     argv = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error"]
     argv += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps)]
-    argv += ["-i", "-", "-an", "-c:v", encoder]
+    argv += ["-i", "-"]
+    if audio is None:
+        argv += ["-an"]
+    else:
+        # The frames set the length: the audio is padded with silence or trimmed to it.
+        end = f"{audio.seconds:.6f}"
+        argv += [*audio.input_args, "-i", str(audio.path), "-map", "0:v:0", "-map", "1:a:0"]
+        argv += ["-c:a", audio.codec, "-af", f"apad=whole_dur={end},atrim=end={end}"]
+        argv += ["-b:a", audio.bitrate] if audio.bitrate else []
+    argv += ["-c:v", encoder]
     if encoder == "libx264rgb":
         argv += ["-qp", "0", "-preset", opts.preset]
     elif encoder == "ffv1":
@@ -166,9 +188,14 @@ class VideoInfo:
 
 
 def write_video(
-    frames: Iterable[np.ndarray], path: Path, opts: EncodeOptions, overwrite: bool = False
+    frames: Iterable[np.ndarray],
+    path: Path,
+    opts: EncodeOptions,
+    overwrite: bool = False,
+    audio: AudioTrack | None = None,
 ) -> VideoInfo:
-    """Encode `(H, W, 3)` uint8 frames to `path`, streaming, and rename into place on success.
+    """Encode `(H, W, 3)` uint8 frames to `path`, streaming, and rename into place on success;
+    `audio` is muxed in by the same ffmpeg process.
 
     On any error or Ctrl-C the temporary file is removed and `path` is untouched.
     """
@@ -182,7 +209,7 @@ def write_video(
     padded = needs_even_size(opts.pixel_format()) and (h % 2 or w % 2)
     height, width = (h + h % 2, w + w % 2) if padded else (h, w)
     tmp = temp_path(path)
-    argv = ffmpeg_argv(tmp, width, height, opts)
+    argv = ffmpeg_argv(tmp, width, height, opts, audio)
     log.debug("ffmpeg: %s", " ".join(argv))
     count = 0
     with tempfile.TemporaryFile() as err:

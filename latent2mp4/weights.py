@@ -284,28 +284,19 @@ def channels_last(t: Tensor) -> Tensor:
     return t
 
 
-def load_vae(
-    source: VaeSource, preset: Preset, device: torch.device | str, dtype: torch.dtype
-) -> LoadedVae:
-    """Build the preset's family decoder on `meta` and load the weights strictly onto `device`."""
-    where = source.description
-    entries = _strip_prefix(_open_tensors(source.files))
-    family = _family_for(list(entries), source.config, preset, where)
-    mapping = family.rename_keys(entries)
+def load_strict(
+    module: torch.nn.Module,
+    entries: Mapping[str, tuple[tuple[int, ...], Reader]],
+    mapping: Mapping[str, str],
+    where: str,
+    device: torch.device | str,
+    dtype: torch.dtype,
+) -> None:
+    """Fill `module` (built on `meta`) from checkpoint `entries` renamed by `mapping`
+    (checkpoint key → module key): every key and shape must match, or a WeightsError names the
+    first offenders. Tensors are read one at a time onto `device` in `dtype`."""
     shapes = {dst: entries[src][0] for src, dst in mapping.items()}
-    try:
-        if source.config is not None:
-            config = family.config_from_diffusers(source.config)
-        else:
-            config = family.config_from_shapes(shapes)
-    except (KeyError, ValueError, TypeError) as e:
-        cfg_where = source.config.get("_source", where) if source.config else where
-        raise WeightsError(
-            f"{cfg_where}: cannot build the {family.name} decoder config ({e})"
-        ) from None
-    with torch.device("meta"):
-        decoder = family.build(config)
-    expected = {k: tuple(v.shape) for k, v in decoder.state_dict().items()}
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     missing, unexpected = set(expected) - set(shapes), set(shapes) - set(expected)
     if missing:
         raise WeightsError(
@@ -327,10 +318,34 @@ def load_vae(
         t = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
         state[dst] = channels_last(t)
         del t
-    decoder.load_state_dict(state, strict=True, assign=True)
+    module.load_state_dict(state, strict=True, assign=True)
     del state
-    leftovers = [n for n, t in [*decoder.named_parameters(), *decoder.named_buffers()] if t.is_meta]
+    leftovers = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     assert not leftovers, f"decoder tensors not loaded: {leftovers[:SHOWN_KEYS]}"
+
+
+def load_vae(
+    source: VaeSource, preset: Preset, device: torch.device | str, dtype: torch.dtype
+) -> LoadedVae:
+    """Build the preset's family decoder on `meta` and load the weights strictly onto `device`."""
+    where = source.description
+    entries = _strip_prefix(_open_tensors(source.files))
+    family = _family_for(list(entries), source.config, preset, where)
+    mapping = family.rename_keys(entries)
+    shapes = {dst: entries[src][0] for src, dst in mapping.items()}
+    try:
+        if source.config is not None:
+            config = family.config_from_diffusers(source.config)
+        else:
+            config = family.config_from_shapes(shapes)
+    except (KeyError, ValueError, TypeError) as e:
+        cfg_where = source.config.get("_source", where) if source.config else where
+        raise WeightsError(
+            f"{cfg_where}: cannot build the {family.name} decoder config ({e})"
+        ) from None
+    with torch.device("meta"):
+        decoder = family.build(config)
+    load_strict(decoder, entries, mapping, where, device, dtype)
     decoder.eval()
     return LoadedVae(
         # Family.build makes the family's StreamDecoder (typed as a plain nn.Module there).

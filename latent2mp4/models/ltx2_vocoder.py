@@ -163,6 +163,8 @@ def kaiser_sinc(ratio: int, size: int) -> Tensor:
 class Up(nn.Module):
     """x`ratio` upsampling by a transposed low-pass conv, edges replicated."""
 
+    filter: Tensor
+
     def __init__(self, ratio: int, size: int) -> None:
         super().__init__()
         self.ratio, self.pad = ratio, size // ratio - 1
@@ -181,6 +183,8 @@ class Up(nn.Module):
 
 class Down(nn.Module):
     """Low-pass then keep every `ratio`-th sample, edges replicated."""
+
+    filter: Tensor
 
     def __init__(self, ratio: int, size: int) -> None:
         super().__init__()
@@ -296,6 +300,8 @@ class Stft(nn.Module):
     """Causal STFT magnitude with the checkpoint's windowed DFT bases (`inverse_basis` is
     stored but unused when decoding)."""
 
+    forward_basis: Tensor
+
     def __init__(self, cfg: BweConfig) -> None:
         super().__init__()
         freqs = cfg.filter_length // 2 + 1
@@ -310,6 +316,8 @@ class Stft(nn.Module):
 
 
 class MelStft(nn.Module):
+    mel_basis: Tensor
+
     def __init__(self, cfg: BweConfig) -> None:
         super().__init__()
         self.stft_fn = Stft(cfg)
@@ -332,21 +340,20 @@ def hann_sinc(ratio: int) -> tuple[Tensor, int]:
 
 
 class Resampler(nn.Module):
-    """x`ratio` upsampling by the Hann-windowed sinc (a computed, non-persistent kernel)."""
+    """x`ratio` upsampling by the Hann-windowed sinc. The kernel is not stored in checkpoints;
+    it is computed per call (a few dozen taps), so a module built on `meta` needs nothing else."""
 
     def __init__(self, ratio: int) -> None:
         super().__init__()
-        kernel, self.pad = hann_sinc(ratio)
         self.ratio = ratio
-        self.crop = (2 * self.pad * ratio, kernel.shape[-1] - ratio)
-        self.register_buffer("filter", kernel, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        kernel, pad = hann_sinc(self.ratio)
         c = x.shape[1]
-        x = F.pad(x, (self.pad, self.pad), mode="replicate")
-        k = self.filter.to(x.dtype).expand(c, -1, -1)
+        x = F.pad(x, (pad, pad), mode="replicate")
+        k = kernel.to(x.device, x.dtype).expand(c, -1, -1)
         x = self.ratio * F.conv_transpose1d(x, k, stride=self.ratio, groups=c)
-        return x[..., self.crop[0] : x.shape[-1] - self.crop[1]]
+        return x[..., 2 * pad * self.ratio : x.shape[-1] - (kernel.shape[-1] - self.ratio)]
 
 
 class BweVocoder(nn.Module):
