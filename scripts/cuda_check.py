@@ -10,6 +10,8 @@ For every family (the tests' tiny random configs, saved with `save_pretrained`):
 - bf16 on CUDA against our fp32: PSNR.
 Tiny (taehv) decoders, base and Super, random weights at the released widths: fp32 on CUDA against
 fp32 on the CPU (LSB), fp16 on CUDA against that (PSNR), and `decode_file(--decoder tiny)` on CUDA.
+Sound (LTX-2 audio VAE + vocoder, and the bandwidth-extension vocoder): our waveform on CUDA
+against diffusers' chain on CUDA, max abs.
 Prints one line per check and exits 1 if any exceeds its bound.
 """
 
@@ -29,12 +31,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from latent2mp4 import DecodeOptions, decode_file, load_preset, save_latents  # noqa: E402
+from latent2mp4.audio import load_audio  # noqa: E402
 from latent2mp4.engine import TileGrid, decode_stream  # noqa: E402
 from latent2mp4.video import read_video  # noqa: E402
 from latent2mp4.weights import load_vae, resolve_vae  # noqa: E402
 
 from tiny_cogvideox import make_tiny_cogvideox  # noqa: E402
 from tiny_hunyuan import make_tiny_hunyuan  # noqa: E402
+from tiny_ltx2_audio import make_tiny_audio_vae, make_tiny_vocoder  # noqa: E402
 from tiny_wan import make_tiny_wan  # noqa: E402
 
 PARITY = 1e-4
@@ -146,6 +150,19 @@ def main() -> int:
             p = psnr(read_video(bf16)[0], frames_out)
             report(f"{model} bf16 cuda vs our fp32 PSNR", p, p >= 30, " dB")
     tiny_checks(report)
+    for bwe in (False, True):
+        with tempfile.TemporaryDirectory() as tmp:
+            vae = make_tiny_audio_vae(Path(tmp) / "a").to(CUDA)
+            vocoder = make_tiny_vocoder(Path(tmp) / "v", bwe=bwe).to(CUDA)
+            opts = DecodeOptions(audio_vae=str(Path(tmp) / "a"), vocoder=str(Path(tmp) / "v"))
+            models = load_audio(opts, load_preset("wan"), CUDA)
+            za = torch.randn(2, 4, 14, 4, generator=torch.Generator().manual_seed(0)).to(CUDA)
+            with torch.no_grad():
+                ref = vocoder(vae.decode(za).sample)
+                got = models.vocoder(models.vae(za))
+            diff = (got - ref).abs().max().item()
+            name = "bwe vocoder" if bwe else "vocoder"
+            report(f"audio VAE + {name} fp32 cuda waveform max abs", diff, diff <= PARITY)
     print(f"{failures} failure(s)")
     return 1 if failures else 0
 

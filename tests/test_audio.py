@@ -104,7 +104,8 @@ def test_waveform_matches_the_diffusers_chain(tmp_path, bwe, b, frames):
         got = models.vocoder(models.vae(z))
     assert got.shape == ref.shape
     diff = (got - ref).abs().max().item()
-    print(f"\n{'bwe' if bwe else 'vocoder'} B={b} L={frames}: {ref.shape[-1]} samples, max {diff:.2e}")
+    name = "bwe" if bwe else "vocoder"
+    print(f"\n{name} B={b} L={frames}: {ref.shape[-1]} samples, max {diff:.2e}")
     assert diff <= PARITY
     assert models.sample_rate == (48000 if bwe else 24000)
     assert ref.abs().max() > 0.05  # a silent reference would prove nothing
@@ -131,7 +132,9 @@ def test_original_checkpoint_names_are_renamed(tmp_path):
         original[f"vocoder.{old}.{rest}"] = 0
     mapping = vocoder_keys(original)
     assert sorted(mapping.values()) == sorted(ours)
-    assert audio_vae_keys(original) == {"audio_vae.decoder.conv_in.conv.weight": "conv_in.conv.weight"}
+    assert audio_vae_keys(original) == {
+        "audio_vae.decoder.conv_in.conv.weight": "conv_in.conv.weight"
+    }
 
 
 def test_wrong_audio_weights_are_one_line_errors(tmp_path, pipeline, cli):
