@@ -7,6 +7,7 @@
     python scripts/bench.py --quick                # tiny test configs: seconds (the smoke test)
     python scripts/bench.py --device cuda --families wan --frames 21 --size 60,104   # GPU, 480p
     python scripts/bench.py --mode tiny --dtypes fp32 --frames 21 --size 60,104  # full vs tiny
+    python scripts/bench.py --mode audio --seconds 5   # LTX-2 sound: what audio adds to a decode
 
 Setup, cached in --workdir (default out/bench/): each family's real-size default diffusers VAE
 (`AutoencoderKL*()` defaults; Wan 2.2 with the TI2V-5B arguments) with seeded default-init weights,
@@ -36,6 +37,11 @@ scripts/tiny_quality.py for tiny-vs-full PSNR with real weights.
 Scale mode measures peak RSS against clip length at a small spatial size (16×16 latents by
 default, to stay feasible on a few cores; `--size 60,104` is 480p) and plots it (matplotlib,
 `pip install -e '.[bench]'`).
+Audio mode times what a clip's sound adds: the LTX-2.0 audio VAE + vocoder (real-size diffusers
+defaults, seeded init) on `--seconds` of audio latents; ours: `load_audio` + `decode_waveform`;
+diffusers: `from_pretrained` of both + `audio_vae.decode` + the vocoder, as LTX2Pipeline does.
+Both fp32 (ours always decodes audio in fp32). Muxing adds an AAC encode inside the FFmpeg process
+that already receives the frames, in parallel with decoding, so it is not timed.
 """
 
 from __future__ import annotations
@@ -294,6 +300,95 @@ def alternate(name: str, dtype: str, vae: Path, latents: Path, args: argparse.Na
         first = {k: rs[0][k] for k in ("frames", "video")}
         out[tool] = med | first | {"fps": first["frames"] / med["wall_s"], "runs": rs}
     return out
+
+
+# ---- audio mode ---------------------------------------------------------------------------------
+
+
+def make_audio(quick: bool, seconds: float, workdir: Path) -> tuple[Path, Path]:
+    """A folder with audio_vae/ and vocoder/ and a file of `audio_latents` lasting `seconds`."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder = workdir / "models" / ("ltx2-audio-tiny" if quick else "ltx2-audio")
+    if not (folder / "vocoder" / "config.json").is_file():
+        print(f"setup: building the LTX-2 audio VAE and vocoder → {folder}", flush=True)
+        partial = folder.with_name(folder.name + ".partial")
+        if quick:
+            sys.path.insert(0, str(ROOT / "tests"))
+            from tiny_ltx2_audio import make_tiny_audio_vae, make_tiny_vocoder
+
+            make_tiny_audio_vae(partial / "audio_vae")
+            make_tiny_vocoder(partial / "vocoder")
+        else:
+            from diffusers import AutoencoderKLLTX2Audio
+            from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+
+            torch.manual_seed(0)
+            AutoencoderKLLTX2Audio().eval().save_pretrained(partial / "audio_vae")
+            LTX2Vocoder().eval().save_pretrained(partial / "vocoder")
+        partial.rename(folder)
+    cfg = json.loads((folder / "audio_vae" / "config.json").read_text())
+    frames = round(seconds * 25)  # LTX2Pipeline: round(duration × 16000 / 160 / 4)
+    path = workdir / "latents" / f"{folder.name}-{frames}.safetensors"
+    if not path.is_file():
+        g = torch.Generator().manual_seed(0)
+        z = torch.randn(1, cfg["latent_channels"], frames, cfg["mel_bins"] // 4, generator=g)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"audio_latents": z}, str(path))
+    return folder, path
+
+
+def audio_child(a: argparse.Namespace) -> None:
+    import torch
+    from diffusers import AutoencoderKLLTX2Audio
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+    from safetensors.torch import load_file
+
+    from latent2mp4 import DecodeOptions, load_preset
+    from latent2mp4.audio import decode_waveform, load_audio
+
+    device = torch.device(a.device)
+    start = time.perf_counter()  # imports excluded, as in speed mode
+    z = load_file(a.latents)["audio_latents"]
+    if a.tool == "ours":
+        opts = DecodeOptions(vae=a.models)
+        wave = decode_waveform(load_audio(opts, load_preset("wan"), device), z)
+    else:
+        vae = AutoencoderKLLTX2Audio.from_pretrained(a.models, subfolder="audio_vae").to(device)
+        vocoder = LTX2Vocoder.from_pretrained(a.models, subfolder="vocoder").to(device)
+        with torch.no_grad():
+            wave = vocoder(vae.decode(z.to(device)).sample)[0].T.float().cpu().numpy()
+    wall = time.perf_counter() - start
+    np.save(a.out, wave)
+    Path(a.result).write_text(json.dumps({"wall_s": wall, "peak_rss_mib": peak_rss_mib()}))
+
+
+def audio(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, Any]], str]:
+    models, latents = make_audio(args.quick, args.seconds, workdir)
+    runs: dict[str, list[dict[str, Any]]] = {tool: [] for tool in TOOLS}
+    (workdir / "runs").mkdir(parents=True, exist_ok=True)
+    for _ in range(args.repeats):
+        for tool in TOOLS:
+            out, result = workdir / "runs" / f"audio-{tool}.npy", workdir / "runs" / "audio.json"
+            argv = [sys.executable, str(Path(__file__).resolve()), "_audio", "--tool", tool,
+                    "--models", str(models), "--latents", str(latents), "--device", args.device,
+                    "--out", str(out), "--result", str(result)]  # fmt: skip
+            proc = subprocess.run(argv, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"audio {tool} failed:\n{proc.stderr[-3000:]}")
+            runs[tool].append(json.loads(result.read_text()))
+            print(f"  audio {tool:9}: {runs[tool][-1]['wall_s']:7.2f} s", flush=True)
+    ours, theirs = (np.load(workdir / "runs" / f"audio-{t}.npy") for t in TOOLS)
+    m = {t: {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "peak_rss_mib")}
+         for t, rs in runs.items()}  # fmt: skip
+    diff = float(np.abs(ours - theirs).max())
+    row = {"seconds": args.seconds, "samples": int(ours.shape[0]), "max_abs": diff, **m}
+    cells = [[f"{args.seconds:g}", f"{ours.shape[0]}", both(m, "wall_s", ".2f"),
+              both(m, "peak_rss_mib", ".0f"), f"{diff:.1e}"]]  # fmt: skip
+    head = ["audio s", "samples", "wall s ours / diffusers", "peak RSS MiB ours / diffusers",
+            "waveform max abs"]  # fmt: skip
+    return [row], markdown(head, cells)
 
 
 # ---- the two modes (parent) -------------------------------------------------------------------
@@ -560,9 +655,15 @@ def main() -> None:
         ap.add_argument("--decoder", default="vae")
         ap.add_argument("--time-plan", action="store_true")
         return child(ap.parse_args(sys.argv[2:]))
+    if sys.argv[1:2] == ["_audio"]:
+        ap = argparse.ArgumentParser(prog="bench.py _audio")
+        for opt in ("--tool", "--models", "--latents", "--device", "--out", "--result"):
+            ap.add_argument(opt, required=True)
+        return audio_child(ap.parse_args(sys.argv[2:]))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--mode", choices=("speed", "scale", "input", "tiny"), default="speed")
+    ap.add_argument("--mode", choices=("speed", "scale", "input", "tiny", "audio"), default="speed")
     ap.add_argument("--decoders", type=csv, default=list(DECODERS), help="input mode: preview,vae")
+    ap.add_argument("--seconds", type=float, default=5.0, help="audio mode: clip length")
     ap.add_argument("--families", type=csv, help="default: all (scale: wan)")
     ap.add_argument("--dtypes", type=csv, help="default: fp32,bf16 (scale: fp32)")
     ap.add_argument("--repeats", type=int, help="timed runs per tool (default: speed 3, scale 1)")
@@ -600,7 +701,7 @@ def main() -> None:
         f"diffusers {mach['diffusers']}, Python {mach['python']}, {mach['os']}"
     )
     print(f"machine: {desc}\ncommand: {command}", flush=True)
-    modes = {"speed": speed, "scale": scale, "input": input_scale, "tiny": tiny}
+    modes = {"speed": speed, "scale": scale, "input": input_scale, "tiny": tiny, "audio": audio}
     rows, table = modes[args.mode](args, workdir)
     stems = {"speed": "results", "scale": "memory_scaling", "input": "input_scaling"}
     stem = stems.get(args.mode, args.mode)
@@ -610,6 +711,7 @@ def main() -> None:
         "included; diffusers also loads the encoder; ffmpeg not counted). PSNR on uint8 frames "
         "(rounded both sides); ours from a lossless file. Random weights: timing only."
     )
+<<<<<<< HEAD
     if args.mode == "tiny":
         notes = (
             "All three are latent2mp4 (`--decoder vae/tiny/preview`), medians of alternating runs; "
@@ -618,6 +720,14 @@ def main() -> None:
         )
     title = "full VAE vs tiny vs preview" if args.mode == "tiny" else f"vs diffusers ({args.mode})"
     md = f"## latent2mp4 {title}\n\nMachine: {desc}\n\n`{command}`\n\n"
+=======
+    if args.mode == "audio":
+        notes = (
+            "wall: load both models + read latents + decode to a waveform (median; imports "
+            "excluded), fp32. Random weights: timing only."
+        )
+    md = f"## latent2mp4 vs diffusers ({args.mode})\n\nMachine: {desc}\n\n`{command}`\n\n"
+>>>>>>> e8bb5df (bench: --mode audio times what LTX-2 sound adds (audio VAE + vocoder, ours vs diffusers, real size or --quick))
     md += f"{table}\n\n{notes}\n"
     (workdir / f"{stem}.md").write_text(md)
     raw = {"machine": mach, "command": command, "rows": rows}
