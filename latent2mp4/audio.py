@@ -25,6 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
+from latent2mp4.arrays import StoredArray, open_arrays
 from latent2mp4.errors import InputError, UsageError, WeightsError
 from latent2mp4.models.ltx2_audio import AudioVaeConfig, AudioVaeDecoder
 from latent2mp4.models.ltx2_audio import rename_keys as audio_vae_keys
@@ -107,31 +108,34 @@ def plan_audio(
     if spec is None:
         if opts.audio_key is not None:
             raise UsageError(f"--audio-key: the {preset.name} preset decodes no audio")
-        names = _tensor_names(path)
-        if HIDDEN_AUDIO_KEY in names:
+        # Only safetensors headers are free to look at; other formats are not opened again.
+        if path.suffix == ".safetensors" and HIDDEN_AUDIO_KEY in _arrays(path):
             return None, (f"'{HIDDEN_AUDIO_KEY}' ignored: {preset.name} decodes no audio",)
         return None, ()
     key = opts.audio_key or spec.key
-    names = _tensor_names(path)
-    if key not in names:
+    arrays = _arrays(path)
+    if key not in arrays:
         if opts.audio_key is not None:
-            have = ", ".join(sorted(names)) or "none"
+            have = ", ".join(sorted(arrays)) or "none"
             raise InputError(f"{path}: no tensor '{key}' (--audio-key); the file has: {have}")
         return None, (f"no audio latents ('{key}') in the file: video only",)
-    z = _read_tensor(path, key)
-    if z.ndim != 4 or not z.is_floating_point():
+    a = arrays[key]
+    if len(a.shape) != 4 or not (isinstance(a.dtype, torch.dtype) and a.dtype.is_floating_point):
         raise InputError(
-            f"{path}: '{key}' is {tuple(z.shape)} {z.dtype}; expected unpacked float audio "
+            f"{path}: '{key}' is {tuple(a.shape)} {a.dtype}; expected unpacked float audio "
             "latents (B, C, L, bins) as LTX2Pipeline(output_type='latent') returns them"
         )
-    if z.shape[0] != batch:
+    if a.shape[0] != batch:
         raise InputError(
-            f"{path}: '{key}' holds {z.shape[0]} clips but the video latents {batch}; each "
+            f"{path}: '{key}' holds {a.shape[0]} clips but the video latents {batch}; each "
             "video needs its own audio (or pass --no-audio)"
         )
-    seconds = latent_seconds(spec, z.shape[2])
+    seconds = latent_seconds(spec, a.shape[2])
     if opts.decoder == "preview":
         return None, (f"'{key}' not decoded by the preview decoder: video only",)
+    z = a.take((slice(None),) * 4)
+    if not bool(torch.isfinite(z).all()):
+        raise InputError(f"{path}: '{key}' holds NaN or Inf values")
     return AudioLatents(key, z, seconds), ()
 
 
@@ -140,20 +144,10 @@ def latent_seconds(spec: AudioPreset, latent_frames: int) -> float:
     return max(4 * latent_frames - 3, 1) / spec.mel_rate
 
 
-def _tensor_names(path: Path) -> set[str]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return set(f.keys())
-    except (SafetensorError, OSError, ValueError, RuntimeError):
-        return set()  # not safetensors (.pt/.npy inputs): no audio tensors to find
-
-
-def _read_tensor(path: Path, key: str) -> Tensor:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.get_tensor(key)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise InputError(f"{path}: cannot read tensor '{key}' ({str(e).splitlines()[0]})") from None
+def _arrays(path: Path) -> dict[str, StoredArray]:
+    """The file's arrays by name (headers only where the format allows); none for latents
+    given in memory."""
+    return open_arrays(path)[0] if path.is_file() else {}
 
 
 DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")

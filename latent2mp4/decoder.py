@@ -143,6 +143,8 @@ class Decoder:
         bitrate: str | None = None,
         pix_fmt: str | None = None,
         lossless: bool = False,
+        audio: str | Path | None = None,
+        no_audio: bool = False,
         progress: ProgressFn | None = None,
     ) -> VideoResults:
         """Decode `latents` and stream the frames into ffmpeg, exactly as `latent2mp4 decode`.
@@ -152,6 +154,8 @@ class Decoder:
         is an `OutputError` unless `overwrite`. `latent_space`: "model" (what a pipeline's
         `output_type="latent"` returns), "vae" (ComfyUI) or "auto" (file metadata). `lossless`
         writes bit-exact RGB; decode with `load_decoder(..., dtype="fp32")` for bit-exact values.
+        A file's audio latents (presets with sound) become the audio track unless `no_audio`;
+        `audio` muxes an audio file instead.
         """
         opts = self._options(
             out=Path(out),
@@ -167,6 +171,8 @@ class Decoder:
             bitrate=bitrate,
             pix_fmt=pix_fmt,
             lossless=lossless,
+            audio=None if audio is None else Path(audio),
+            no_audio=no_audio,
         )
         job = self.plan(latents, opts)
         check_outputs(job, opts)

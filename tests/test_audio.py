@@ -19,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from latent2mp4 import load_decoder
 from latent2mp4.audio import load_audio, probe_audio_file
 from latent2mp4.models.ltx2_audio import rename_keys as audio_vae_keys
 from latent2mp4.models.ltx2_vocoder import rename_keys as vocoder_keys
@@ -209,6 +210,28 @@ def test_no_audio_and_files_without_audio(tmp_path, pipeline, cli):
     run = cli("decode", tmp_path / "v.safetensors", "--preset", preset, "--vae", root / "vae")
     assert run.exit_code == 0, run.output
     assert "no audio latents ('audio_latents') in the file: video only" in run.output
+
+
+def test_pt_input_and_the_python_api(tmp_path, pipeline):
+    root, preset, *_ = pipeline
+    video, audio = sample(1)
+    torch.save({"latents": video, "audio_latents": audio}, tmp_path / "z.pt")
+    decoder = load_decoder(preset, vae=root)
+    result = decoder.to_video(tmp_path / "z.pt", tmp_path / "a.mp4")
+    assert result.audio.seconds == pytest.approx(0.53) and result.audio.codec == "aac"
+    assert sum("Audio:" in ln for ln in streams(tmp_path / "a.mp4")) == 1
+    decoder.to_video(tmp_path / "z.pt", tmp_path / "b.mp4", no_audio=True)
+    assert not any("Audio:" in ln for ln in streams(tmp_path / "b.mp4"))
+
+
+def test_nan_audio_latents_are_refused(tmp_path, pipeline, cli):
+    root, preset, *_ = pipeline
+    video, audio = sample(1)
+    audio[0, 0, 3, 1] = float("nan")
+    save_file({"latents": video, "audio_latents": audio}, str(tmp_path / "z.safetensors"))
+    run = cli("decode", tmp_path / "z.safetensors", "--preset", preset, "--vae", root)
+    assert_one_line_error(run, 1, "'audio_latents' holds NaN or Inf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["z.safetensors"]
 
 
 def test_audio_latents_without_audio_weights_publish_nothing(tmp_path, pipeline, cli):
