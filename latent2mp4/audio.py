@@ -34,6 +34,7 @@ from latent2mp4.models.ltx2_vocoder import rename_keys as vocoder_keys
 from latent2mp4.presets import AudioPreset, Preset
 from latent2mp4.video import AudioTrack
 from latent2mp4.weights import (
+    REPO_ID,
     _diffusers_files,
     _from_hub,
     _open_tensors,
@@ -257,7 +258,11 @@ def _locate(
                 f"{path}: no {subfolder}/ beside the VAE for the audio latents; pass "
                 "--audio-vae and --vocoder (folders or files), or --no-audio"
             )
-    source = _from_hub(preset.hub_repo, subfolder, default=vae is None)
+    repo = vae if vae is not None and REPO_ID.match(vae) else preset.hub_repo
+    try:
+        source = _from_hub(repo, subfolder, default=vae is None)
+    except WeightsError as e:
+        raise WeightsError(f"audio latents need {subfolder}/ weights: {e}; or --no-audio") from None
     return source.files, source.config, source.description
 
 
