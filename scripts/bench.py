@@ -711,23 +711,19 @@ def main() -> None:
         "included; diffusers also loads the encoder; ffmpeg not counted). PSNR on uint8 frames "
         "(rounded both sides); ours from a lossless file. Random weights: timing only."
     )
-<<<<<<< HEAD
     if args.mode == "tiny":
         notes = (
             "All three are latent2mp4 (`--decoder vae/tiny/preview`), medians of alternating runs; "
             "wall: load + read + decode + write (imports excluded). MACs counted on the meta "
             "device. Random weights: timing only."
         )
-    title = "full VAE vs tiny vs preview" if args.mode == "tiny" else f"vs diffusers ({args.mode})"
-    md = f"## latent2mp4 {title}\n\nMachine: {desc}\n\n`{command}`\n\n"
-=======
     if args.mode == "audio":
         notes = (
             "wall: load both models + read latents + decode to a waveform (median; imports "
             "excluded), fp32. Random weights: timing only."
         )
-    md = f"## latent2mp4 vs diffusers ({args.mode})\n\nMachine: {desc}\n\n`{command}`\n\n"
->>>>>>> e8bb5df (bench: --mode audio times what LTX-2 sound adds (audio VAE + vocoder, ours vs diffusers, real size or --quick))
+    title = "full VAE vs tiny vs preview" if args.mode == "tiny" else f"vs diffusers ({args.mode})"
+    md = f"## latent2mp4 {title}\n\nMachine: {desc}\n\n`{command}`\n\n"
     md += f"{table}\n\n{notes}\n"
     (workdir / f"{stem}.md").write_text(md)
     raw = {"machine": mach, "command": command, "rows": rows}
