@@ -128,14 +128,18 @@ def ffmpeg_argv(
         argv += ["-tag:v", "hvc1"]  # Apple players need this tag for HEVC
     if encoder == "prores_ks":
         argv += ["-profile:v", "3"]
+    # Primaries and transfer are BT.709 (sRGB-like display RGB) for every output. ffmpeg 7+ takes
+    # a stream's colour tags from the frames, which raw RGB input leaves unset, so `setparams`
+    # stamps them on the frames; the encoder options alone would leave them "unknown".
+    tags = "color_primaries=bt709:color_trc=bt709"
     if pix_fmt.startswith(("yuv", "nv", "p01")):
         # ffmpeg's default RGB→YUV matrix is BT.601; convert and tag as BT.709 limited range.
-        argv += [
-            "-vf",
-            "scale=out_color_matrix=bt709:out_range=tv:flags=accurate_rnd+full_chroma_int",
-        ]
+        scale = "scale=out_color_matrix=bt709:out_range=tv:flags=accurate_rnd+full_chroma_int"
+        argv += ["-vf", f"{scale},setparams=colorspace=bt709:{tags}:range=tv"]
         argv += ["-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709"]
         argv += ["-color_range", "tv"]
+    else:  # RGB: the matrix is the identity (gbr); only primaries and transfer to state
+        argv += ["-vf", f"setparams={tags}", "-color_primaries", "bt709", "-color_trc", "bt709"]
     argv += ["-pix_fmt", pix_fmt]
     for k, v in opts.metadata.items():
         argv += ["-metadata", f"{k}={v}"]

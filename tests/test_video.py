@@ -128,3 +128,32 @@ def test_other_codecs_produce_readable_video(tmp_path, codec, suffix):
     out = tmp_path / f"v{suffix}"
     write_video(frames(3, 64, 64), out, EncodeOptions(codec=codec))
     assert read_video(out)[0].shape == (3, 64, 64, 3)
+
+
+@pytest.mark.parametrize(
+    "codec, suffix, lossless, expected",
+    [
+        ("h264", ".mp4", False, "tv, bt709, progressive"),
+        ("h265", ".mp4", False, "tv, bt709, progressive"),
+        ("prores", ".mov", False, "tv, bt709, progressive"),
+        ("vp9", ".webm", False, "tv, bt709, progressive"),
+        ("h264", ".mp4", True, "pc, gbr/bt709/bt709, progressive"),
+        ("ffv1", ".mkv", True, "pc, gbr/bt709/bt709, progressive"),
+    ],
+)
+def test_colour_tags_read_back_as_bt709(tmp_path, codec, suffix, lossless, expected):
+    # ffmpeg prints one name when matrix, primaries and transfer agree (`bt709`); an RGB stream's
+    # matrix is the identity, `gbr`, with BT.709 primaries and transfer.
+    out = tmp_path / f"v{suffix}"
+    write_video(frames(2, 16, 16), out, EncodeOptions(fps=8, codec=codec, lossless=lossless))
+    line = next(
+        x
+        for x in subprocess.run(
+            [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(out)],
+            capture_output=True,
+            text=True,
+        ).stderr.splitlines()
+        if "Video:" in x
+    )
+    assert f"({expected})" in line, line
+    assert "unknown" not in line, line
