@@ -65,6 +65,7 @@ class Space(str, Enum):
 class Layout(str, Enum):
     BCFHW = "BCFHW"
     BFCHW = "BFCHW"
+    BFHWC = "BFHWC"
 
 
 @contextmanager
@@ -417,11 +418,12 @@ def presets() -> None:
     """The built-in model presets."""
     with _errors():
         table = Table(show_edge=False)
+        presets = builtin_presets().values()
+        widths = {"name": max(len(p.name) for p in presets), "aliases": 12}
         for col in ("name", "aliases", "channels", "scale", "fps", "default VAE"):
-            table.add_column(
-                col, no_wrap=col != "aliases", min_width=12 if col == "aliases" else None
-            )
-        for p in builtin_presets().values():
+            wrap = col in ("aliases", "default VAE")  # names and numbers stay whole
+            table.add_column(col, no_wrap=not wrap, overflow="fold", min_width=widths.get(col))
+        for p in presets:
             scale = f"{p.spatial_ratio}x{p.temporal_ratio}"
             table.add_row(
                 p.name, " ".join(p.aliases), str(p.latent_channels), scale, f"{p.fps:g}", p.hub_repo

@@ -120,7 +120,7 @@ class Decoder:
             return
         loaded = load_vae(resolve_vae(options.vae, preset), preset, self.device, self.dtype)
         self.module = loaded.decoder
-        self.normalization = loaded.normalization or preset.normalization
+        self.normalization = preset.normalization.with_values_of(loaded.normalization)
         self.description = loaded.description
         self.audio = audio_loader(options, preset, self.device)
 

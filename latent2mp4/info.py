@@ -7,7 +7,7 @@ from typing import Any
 
 from latent2mp4.audio import latent_seconds
 from latent2mp4.latents import default_key, infer_layout, list_tensors, written_by_comfyui
-from latent2mp4.presets import Preset, builtin_presets
+from latent2mp4.presets import LAYOUT_AXES, Preset, builtin_presets
 
 
 def _video_dims(shape: list[int], preset: Preset, comfy: bool) -> tuple[int, int, int, int] | None:
@@ -16,8 +16,8 @@ def _video_dims(shape: list[int], preset: Preset, comfy: bool) -> tuple[int, int
         return None
     full = (1,) * (6 - len(shape)) + tuple(shape)
     layout, _ = infer_layout(full, preset, comfy)
-    c, t = (full[2], full[3]) if layout == "BCFHW" else (full[3], full[2])
-    return c, t, full[4], full[5]
+    c, t, h, w = (full[2 + LAYOUT_AXES[layout].index(a)] for a in "CFHW")
+    return c, t, h, w
 
 
 def describe_file(path: Path, own: Preset | None = None) -> dict[str, Any]:

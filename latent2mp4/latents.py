@@ -20,7 +20,7 @@ from torch import Tensor
 
 from latent2mp4.arrays import StoredArray, count_nonfinite, dtype_name, in_memory, open_arrays
 from latent2mp4.errors import InputError, UsageError
-from latent2mp4.presets import Normalization, Preset
+from latent2mp4.presets import LAYOUT_AXES, Normalization, Preset
 
 LatentSpace = Literal["model", "vae", "auto"]
 PREFERRED_KEYS = ("latents", "latent", "samples", "latent_tensor")
@@ -136,13 +136,13 @@ class LatentView:
     """The videos of a stored array as `(S, B, C, T, h, w)`, read a time range at a time.
 
     `S` counts the selected trajectory steps. Indexing happens in the stored layout (4-D
-    `(C,F,H,W)`, 5-D with batch, 6-D with steps; `BFCHW` stores frames before channels), so a read
-    touches only the frames it returns.
+    `(C,F,H,W)`, 5-D with batch, 6-D with steps; `BFCHW` stores frames before channels, `BFHWC`
+    channels last), so a read touches only the frames it returns.
     """
 
     array: StoredArray
     steps: tuple[int, ...]  # stored trajectory index of each selected step (6-D arrays only)
-    frames_first: bool  # stored as (…, F, C, H, W)
+    layout: str  # the stored axis order, a key of LAYOUT_AXES
     time_offset: int  # leading stored frames skipped (a pipeline's padding frames)
     shape: tuple[int, int, int, int, int, int]
 
@@ -152,9 +152,10 @@ class LatentView:
         index: list[int | slice] = [self.steps[pos]] if lead == 2 else []
         index += [batch] if lead >= 1 else []
         frames = slice(start + self.time_offset, stop + self.time_offset)
-        index += [frames] if self.frames_first else [slice(None), frames]
+        axes = LAYOUT_AXES[self.layout]  # e.g. "FHWC"
+        index += [frames if a == "F" else slice(None) for a in axes[: axes.index("F") + 1]]
         x = self.array.take(tuple(index))
-        return (x.transpose(0, 1) if self.frames_first else x).unsqueeze(0)
+        return x.permute(*(axes.index(a) for a in "CFHW")).unsqueeze(0)
 
     def frame_bytes(self) -> int:
         c, h, w = self.shape[2], self.shape[4], self.shape[5]
@@ -223,8 +224,8 @@ def select_video(
     steps: tuple[int | None, ...] = (None,)
     stored: tuple[int, ...] = ()
     full: tuple[int, ...]
-    if layout is not None and layout not in ("BCFHW", "BFCHW"):
-        raise UsageError(f"--layout must be BCFHW or BFCHW, not {layout}")
+    if layout is not None and layout not in LAYOUT_AXES:
+        raise UsageError(f"--layout must be one of {', '.join(LAYOUT_AXES)}, not {layout}")
     if lf.array.dtype not in FLOAT_DTYPES:
         found = dtype_name(lf.array.dtype)
         raise InputError(f"{path}: latents are {found}; expected a float dtype")
@@ -248,9 +249,8 @@ def select_video(
         layout, why = infer_layout(full, preset, lf.comfy)
         if why:
             notes.append(why)
-    s, b, c, t, h, w = (
-        (full[0], full[1], full[3], full[2], *full[4:]) if layout == "BFCHW" else full
-    )
+    c, t, h, w = (full[2 + LAYOUT_AXES[layout].index(a)] for a in "CFHW")
+    s, b = full[:2]
     if any(d == 0 for d in shape):
         raise InputError(f"{path}: latents have an empty dimension {shape}")
     if c != preset.latent_channels:
@@ -262,7 +262,7 @@ def select_video(
         notes.append(
             f"dropped {offset} leading padding latent frame(s), as the {preset.name} pipeline does"
         )
-    view = LatentView(lf.array, stored, layout == "BFCHW", offset, (s, b, c, t - offset, h, w))
+    view = LatentView(lf.array, stored, layout, offset, (s, b, c, t - offset, h, w))
     bad = view.count_nonfinite()
     if bad:
         raise InputError(
@@ -280,7 +280,7 @@ def infer_layout(shape: tuple[int, ...], preset: Preset, comfy: bool) -> tuple[s
     """
     expected = "BCFHW" if comfy else preset.layout
     other = "BFCHW" if expected == "BCFHW" else "BCFHW"
-    channels = {"BCFHW": shape[2], "BFCHW": shape[3]}
+    channels = {name: shape[2 + axes.index("C")] for name, axes in LAYOUT_AXES.items()}
     c = preset.latent_channels
     if channels[expected] != c and channels[other] == c:
         return other, f"read as {other}: only that gives {c} channels (--layout to force)"
@@ -317,14 +317,18 @@ def _stats(norm: Normalization, z: Tensor) -> tuple[Tensor, Tensor]:
 def denormalise(z: Tensor, norm: Normalization, dtype: torch.dtype = torch.float32) -> Tensor:
     """Model space → VAE space, with the reference pipelines' arithmetic in `dtype`.
 
-    Wan divides by the reciprocal of std (pipeline_wan.py); HunyuanVideo and CogVideoX divide by the
-    scaling factor.
+    Wan divides by the reciprocal of std (pipeline_wan.py), Cosmos-Predict2 multiplies by std and
+    divides by sigma_data (pipeline_cosmos2_video2world.py); HunyuanVideo and CogVideoX divide by
+    the scaling factor.
     """
     z = z.to(dtype)
     if norm.scaling_factor is not None:
         return z / norm.scaling_factor
     mean, std = _stats(norm, z)
-    return z / (1.0 / std) + mean
+    z = z * std if norm.std_op == "multiply" else z / (1.0 / std)
+    if norm.sigma_data is not None:
+        z = z / norm.sigma_data
+    return z + mean
 
 
 def normalise(z: Tensor, norm: Normalization, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -333,7 +337,7 @@ def normalise(z: Tensor, norm: Normalization, dtype: torch.dtype = torch.float32
     if norm.scaling_factor is not None:
         return z * norm.scaling_factor
     mean, std = _stats(norm, z)
-    return (z - mean) / std
+    return (z - mean) * (norm.sigma_data or 1.0) / std
 
 
 def save_latents(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,17 +12,30 @@ from latent2mp4.errors import UsageError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-Layout = Literal["BCFHW", "BFCHW"]
+Layout = Literal["BCFHW", "BFCHW", "BFHWC"]
 FramesRule = Literal["causal", "paired"]
+StdOp = Literal["reciprocal", "multiply"]
+# The order of the (C, F, H, W) axes after the batch axis, per layout: Kandinsky 5 returns its
+# latents channels-last, (B, F, H, W, C).
+LAYOUT_AXES: dict[str, str] = {"BCFHW": "CFHW", "BFCHW": "FCHW", "BFHWC": "FHWC"}
 
 
 @dataclass(frozen=True)
 class Normalization:
-    """How model-space latents map to VAE space: `z * std + mean`, or `z / scaling_factor`."""
+    """How model-space latents map to VAE space: `z * std [/ sigma_data] + mean`, or
+    `z / scaling_factor`.
+
+    `std_op` is how the pipeline applies std: `reciprocal` divides by `1 / std` (the Wan, SkyReels
+    and Sana-Video pipelines), `multiply` multiplies by std (Cosmos-Predict2). Both are the same
+    maths but round differently, and we reproduce the pipeline's floats. `sigma_data` is a further
+    divisor (Cosmos' scheduler `sigma_data`); None: no division.
+    """
 
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     scaling_factor: float | None = None
+    std_op: StdOp = "reciprocal"
+    sigma_data: float | None = None
 
     @classmethod
     def from_mapping(cls, d: dict[str, Any], source: str) -> Normalization:
@@ -31,12 +44,22 @@ class Normalization:
             d.get("latents_std", d.get("std")),
             d.get("scaling_factor"),
         )
+        std_op, sigma = d.get("std_op", "reciprocal"), d.get("sigma_data")
+        if std_op not in ("reciprocal", "multiply"):
+            raise UsageError(f"{source}: std_op must be reciprocal or multiply, not {std_op}")
+        if sigma is not None and not float(sigma) > 0:
+            raise UsageError(f"{source}: sigma_data must be positive, not {sigma}")
         if mean is not None and std is not None:
             if len(mean) != len(std):
                 raise UsageError(f"{source}: mean has {len(mean)} values but std has {len(std)}")
             if any(float(s) == 0 for s in std):
                 raise UsageError(f"{source}: std contains 0; latents cannot be de-normalised")
-            return cls(mean=tuple(map(float, mean)), std=tuple(map(float, std)))
+            return cls(
+                mean=tuple(map(float, mean)),
+                std=tuple(map(float, std)),
+                std_op=std_op,
+                sigma_data=None if sigma is None else float(sigma),
+            )
         if scale is not None:
             if float(scale) == 0:
                 raise UsageError(f"{source}: scaling_factor is 0")
@@ -46,6 +69,12 @@ class Normalization:
     @property
     def channels(self) -> int | None:
         return len(self.mean) if self.mean is not None else None
+
+    def with_values_of(self, other: Normalization | None) -> Normalization:
+        """`other`'s numbers (a VAE's config.json) in this preset's arithmetic (std_op, sigma)."""
+        if other is None:
+            return self
+        return replace(other, std_op=self.std_op, sigma_data=self.sigma_data)
 
 
 @dataclass(frozen=True)
@@ -180,8 +209,10 @@ class Preset:
 
     def _check(self) -> None:
         where = self.source or self.name
-        if self.layout not in ("BCFHW", "BFCHW"):
-            raise UsageError(f"{where}: layout must be BCFHW or BFCHW, not {self.layout}")
+        if self.layout not in LAYOUT_AXES:
+            raise UsageError(
+                f"{where}: layout must be one of {', '.join(LAYOUT_AXES)}, not {self.layout}"
+            )
         if self.frames_rule not in ("causal", "paired"):
             raise UsageError(f"{where}: frames_rule must be causal or paired")
         rows_ok = all(len(r) == 3 for r in self.preview.factors)

@@ -12,6 +12,10 @@ FPS = {
     "cogvideox": 8,
     "cogvideox-5b": 8,
     "cogvideox1.5": 16,
+    "skyreels-v2": 24,
+    "kandinsky5": 24,
+    "cosmos-predict2": 16,
+    "sana-video": 16,
 }
 
 
