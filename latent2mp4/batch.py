@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ class Outcome:
     exit_code: int = 0
     seconds: float = 0.0
     frames_total: int = 0
+    trace: str | None = None  # the traceback of an internal error (a bug), for --verbose
 
     @property
     def status(self) -> str:
@@ -121,12 +123,16 @@ class Batch:
 
     def run_one(self, item: Input) -> Outcome:
         start = time.perf_counter()
+        doing = "reading the latents"
         try:
             job = plan(item.path, self.opts, item.root)
             check_outputs(job, self.opts)
             results = all_skipped(job, self.opts)
             if results is None:
-                results = self.decoder_for(job).run(job, self.opts, self.on_job(job))
+                doing = "building and loading the VAE decoder"
+                decoder = self.decoder_for(job)
+                doing = "decoding"
+                results = decoder.run(job, self.opts, self.on_job(job))
         except Latent2Mp4Error as e:
             return Outcome(
                 item.path, error=str(e), exit_code=e.exit_code, seconds=time.perf_counter() - start
@@ -134,7 +140,23 @@ class Batch:
         except (torch.OutOfMemoryError, MemoryError):
             msg = f"{item.path}: out of memory while decoding; try a smaller --tile-size or --dtype"
             return Outcome(item.path, error=msg, exit_code=1, seconds=time.perf_counter() - start)
+        except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback under --verbose
+            msg = f"{item.path}: {internal_error(doing, e)}"
+            return Outcome(
+                item.path,
+                error=msg,
+                exit_code=1,
+                seconds=time.perf_counter() - start,
+                trace=traceback.format_exc(),
+            )
         return Outcome(item.path, tuple(results), seconds=time.perf_counter() - start)
+
+
+def internal_error(doing: str, e: BaseException) -> str:
+    """The one line for an exception that is not ours (a bug, or a case we do not know yet)."""
+    what = (str(e).strip().splitlines() or [""])[0][:160]
+    kind = type(e).__name__ + (f": {what}" if what else "")
+    return f"internal error while {doing} ({kind}); rerun with --verbose for the traceback"
 
 
 def append_report(path: Path, outcome: Outcome) -> None:

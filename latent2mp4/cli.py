@@ -24,6 +24,7 @@ from latent2mp4.batch import (
     Outcome,
     append_report,
     collect_inputs,
+    internal_error,
     parse_shard,
     shard,
 )
@@ -69,8 +70,9 @@ class Layout(str, Enum):
 
 
 @contextmanager
-def _errors() -> Iterator[None]:
-    """Our errors and Ctrl-C become one line and an exit code; anything else keeps its traceback."""
+def _errors(doing: str, verbose: bool = False) -> Iterator[None]:
+    """Our errors and Ctrl-C become one line and an exit code; anything else (a bug) becomes one
+    line too, with its traceback under --verbose."""
     try:
         yield
     except Latent2Mp4Error as e:
@@ -81,6 +83,13 @@ def _errors() -> Iterator[None]:
         text = f"interrupted; the partial {partial} was removed" if partial else "interrupted"
         err.print(text, highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as e:  # noqa: BLE001 - nothing a user can feed us prints a traceback
+        if verbose:
+            err.print_exception()
+        err.print(f"[red]error:[/red] {internal_error(doing, e)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 @contextmanager
@@ -218,7 +227,7 @@ def decode(
         audio_codec=audio_codec,
         audio_bitrate=audio_bitrate,
     )
-    with _errors():
+    with _errors("collecting the inputs", verbose):
         items = collect_inputs(inputs, recursive)
         validate(opts, len(items))
         if shard_spec:
@@ -227,7 +236,9 @@ def decode(
             raise UsageError(f"no latent files ({', '.join(LATENT_SUFFIXES)}) found in the inputs")
         single = len(items) == 1 and not Path(inputs[0]).is_dir()
         with _progress_factory(quiet) as on_job:
-            outcomes = [_report(o, single, quiet, report) for o in _run(items, opts, on_job)]
+            outcomes = [
+                _report(o, single, quiet, report, verbose) for o in _run(items, opts, on_job)
+            ]
     failed = [o for o in outcomes if o.error is not None]
     if not single:
         _summary(outcomes)
@@ -241,10 +252,14 @@ def _run(items: list[Input], opts: DecodeOptions, on_job: Callable) -> Iterator[
         yield batch.run_one(item)
 
 
-def _report(o: Outcome, single: bool, quiet: bool, report: Path | None) -> Outcome:
+def _report(
+    o: Outcome, single: bool, quiet: bool, report: Path | None, verbose: bool = False
+) -> Outcome:
     if report is not None:
         append_report(report, o)
     if o.error is not None:
+        if verbose and o.trace:
+            err.print(o.trace, highlight=False, soft_wrap=True, markup=False)
         err.print(f"[red]error:[/red] {o.error}", highlight=False, soft_wrap=True)
         return o
     for r in o.results:
@@ -311,6 +326,7 @@ def compare(
     device: Annotated[str, Opt(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[Dtype, Opt(help="Decode precision.")] = Dtype.auto,
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace existing output files.")] = False,
+    verbose: Annotated[bool, Opt("--verbose", "-v", help="Tracebacks of internal errors.")] = False,
 ) -> None:
     """Per-frame PSNR, SSIM and MAE of B, C, … against the reference A."""
     if len(inputs) < 2:
@@ -326,7 +342,7 @@ def compare(
         device=device,
         dtype=dtype.value,
     )
-    with _errors():
+    with _errors("comparing", verbose):
         sources = open_all(inputs, opts)
         result = run_compare(sources[0], sources[1:], resize=resize)
         if csv:
@@ -381,9 +397,10 @@ def _comparison_table(result: Comparison) -> None:
 def info(
     path: Annotated[Path, typer.Argument(help="Latent file.")],
     preset: Annotated[Path | None, Opt(help="Your own preset YAML, considered too.")] = None,
+    verbose: Annotated[bool, Opt("--verbose", "-v", help="Tracebacks of internal errors.")] = False,
 ) -> None:
     """Tensors, metadata and what each fitting model would decode them to."""
-    with _errors():
+    with _errors(f"reading {path}", verbose):
         d = describe_file(path, load_preset(str(preset)) if preset else None)
     table = Table(title=str(path), show_edge=False)
     for col in ("tensor", "dtype", "shape"):
@@ -416,7 +433,7 @@ def _short(v: Any, n: int = 200) -> str:
 @app.command()
 def presets() -> None:
     """The built-in model presets."""
-    with _errors():
+    with _errors("listing the presets"):
         table = Table(show_edge=False)
         presets = builtin_presets().values()
         widths = {"name": max(len(p.name) for p in presets), "aliases": 12}

@@ -21,7 +21,7 @@ from latent2mp4 import __version__
 from latent2mp4.audio import AudioModels, audio_loader, audio_track
 from latent2mp4.device import pick_device, pick_dtype
 from latent2mp4.engine import decode_stream
-from latent2mp4.errors import UsageError
+from latent2mp4.errors import DecodeError, UsageError
 from latent2mp4.frames import prefetch, to_frames
 from latent2mp4.latents import (
     Latents,
@@ -276,13 +276,16 @@ class Decoder:
         with audio_track(job.audio, video.batch, self.audio, out, seconds, opts) as sound:
             track, audio, audio_notes = sound
             frames = prefetch(to_frames(self.stream(job, video)), PREFETCH_FRAMES)
-            info = write_video(
-                _count(frames, progress),
-                out,
-                encode_options(opts, job.fps, meta),
-                opts.overwrite,
-                track,
-            )
+            try:
+                info = write_video(
+                    _count(frames, progress),
+                    out,
+                    encode_options(opts, job.fps, meta),
+                    opts.overwrite,
+                    track,
+                )
+            except DecodeError as e:  # raised where the file is unknown; name it
+                raise DecodeError(f"{job.latent.path}: {e}") from None
         padded = ("odd size padded by edge replication for the pixel format",)
         return VideoResult(
             job.latent.path,

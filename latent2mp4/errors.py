@@ -27,6 +27,10 @@ class OutputError(Latent2Mp4Error):
     """An output that exists, cannot be written, or an ffmpeg failure."""
 
 
+class DecodeError(Latent2Mp4Error):
+    """Decoding produced frames that cannot be shown (NaN/Inf, e.g. an fp16 overflow)."""
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C while writing `path`; its temporary file has already been removed."""
 

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from latent2mp4.errors import DecodeError
+
 T = TypeVar("T")
 _DONE = object()
 
@@ -29,9 +31,14 @@ def to_frames(chunks: Iterable[Tensor]) -> Iterator[np.ndarray]:
     On CUDA the quantisation runs on the device and each chunk is copied into pinned host memory
     without blocking; a chunk's frames are handed out only after the next chunk's decode has been
     queued, so the copy overlaps the GPU's work.
+
+    A chunk holding NaN/Inf raises `DecodeError` before any of its frames is handed out:
+    quantisation would turn them into black or saturated frames silently.
     """
-    pending: tuple[Tensor, torch.cuda.Event] | None = None
+    pending: tuple[Tensor, torch.cuda.Event, Tensor, int, torch.dtype] | None = None
+    first = 0  # index of the chunk's first frame
     for x in chunks:
+        finite = torch.isfinite(x).all()  # on the device; read once the chunk is ready
         q = quantise(x[0])
         if q.is_cuda:
             host = torch.empty(q.shape, dtype=torch.uint8, pin_memory=True)
@@ -39,18 +46,37 @@ def to_frames(chunks: Iterable[Tensor]) -> Iterator[np.ndarray]:
             done = torch.cuda.Event()
             done.record()
             if pending is not None:
-                yield from _wait(pending)
-            pending = (host, done)
+                yield from _wait(*pending)
+            pending = (host, done, finite, first, x.dtype)
         else:
+            _check(bool(finite), first, x.dtype)
             yield from q.contiguous().numpy()
+        first += x.shape[2]
     if pending is not None:
-        yield from _wait(pending)
+        yield from _wait(*pending)
 
 
-def _wait(pending: tuple[Tensor, torch.cuda.Event]) -> Iterator[np.ndarray]:
-    host, done = pending
+def _wait(
+    host: Tensor, done: torch.cuda.Event, finite: Tensor, first: int, dtype: torch.dtype
+) -> Iterator[np.ndarray]:
     done.synchronize()
+    _check(bool(finite), first, dtype)
     yield from host.numpy()
+
+
+def _check(finite: bool, first: int, dtype: torch.dtype) -> None:
+    if finite:
+        return
+    name = str(dtype).removeprefix("torch.")
+    if dtype == torch.float16:
+        why, fix = "float16 overflowed", "rerun with --dtype bf16 or --dtype fp32"
+    elif dtype == torch.bfloat16:
+        why, fix = "in bfloat16", "rerun with --dtype fp32"
+    else:
+        why, fix = f"in {name}", "check the VAE weights and the latents' range"
+    raise DecodeError(
+        f"decoded frames from frame {first} on hold NaN/Inf ({why}); nothing was written; {fix}"
+    )
 
 
 def prefetch(items: Iterable[T], depth: int = 8) -> Iterator[T]:

@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from latent2mp4.errors import WeightsError
+from latent2mp4.errors import UsageError, WeightsError
 from latent2mp4.models import all_families, get_family
 from latent2mp4.models.family import Family
 from latent2mp4.presets import Normalization, Preset
@@ -85,8 +85,14 @@ def _diffusers_files(folder: Path) -> tuple[Path, ...]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, TypeError) as e:
             raise WeightsError(f"{index}: unreadable shard index ({e})") from None
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(v, str) for v in weight_map.values()
+        ):
+            raise WeightsError(f"{index}: weight_map must map tensor names to shard file names")
+        if not weight_map:
+            raise WeightsError(f"{index}: the shard index lists no tensors")
         shards = tuple(folder / name for name in sorted(set(weight_map.values())))
         missing = [str(s) for s in shards if not s.is_file()]
         if missing:
@@ -105,7 +111,7 @@ def _sibling_config(path: Path) -> dict[str, Any] | None:
     if not cfg_path.is_file():
         return None
     config = _read_config(cfg_path)
-    known = {f.diffusers_class for f in all_families()}
+    known = {c for f in all_families() for c in f.config_classes}
     return config if config.get("_class_name") in known else None
 
 
@@ -242,8 +248,8 @@ def _family_for(
     family = get_family(preset.family)
     if config is not None:
         cls = config.get("_class_name")
-        if cls and cls != family.diffusers_class:
-            other = next((f.name for f in all_families() if f.diffusers_class == cls), None)
+        if cls and cls not in family.config_classes:
+            other = next((f.name for f in all_families() if cls in f.config_classes), None)
             hint = f" (a {other} VAE; pick a {other} --model)" if other else ""
             raise WeightsError(
                 f"{where}: config.json is {cls}{hint}, "
@@ -251,12 +257,23 @@ def _family_for(
             )
         return family
     if not family.detect(keys):
+        _require_decoder(keys, where)
         other = next((f.name for f in all_families() if f is not family and f.detect(keys)), None)
         hint = f"they look like a {other} VAE" if other else "no known VAE layout matches"
         raise WeightsError(
             f"{where}: not {preset.family} VAE weights for --model {preset.name} ({hint})"
         )
     return family
+
+
+def _require_decoder(keys: list[str], where: str) -> None:
+    """Refuse a checkpoint with no decoder tensors at all (an encoder-only or non-VAE file)."""
+    if not any(k.startswith("decoder.") or ".decoder." in k for k in keys):
+        shown = _offenders(set(keys)) if keys else "none"
+        raise WeightsError(
+            f"{where}: holds no VAE decoder weights ({len(keys)} tensors: {shown}); "
+            "pass the VAE's decoder (or whole VAE) weights"
+        )
 
 
 def normalization_from_config(config: Mapping[str, Any] | None) -> Normalization | None:
@@ -273,6 +290,51 @@ def normalization_from_config(config: Mapping[str, Any] | None) -> Normalization
             {"scaling_factor": config["scaling_factor"]}, "config.json"
         )
     return None
+
+
+def _config_normalization(source: VaeSource, preset: Preset) -> Normalization | None:
+    """The config's normalisation, refused (as a weights error) when it cannot be used."""
+    where = source.config.get("_source", "config.json") if source.config else "config.json"
+    try:
+        norm = normalization_from_config(source.config)
+    except UsageError as e:
+        raise WeightsError(str(e)) from None
+    except (TypeError, ValueError) as e:
+        raise WeightsError(
+            f"{where}: latents_mean, latents_std and scaling_factor must be numbers ({_reason(e)})"
+        ) from None
+    if norm is not None and norm.channels not in (None, preset.latent_channels):
+        raise WeightsError(
+            f"{where}: latents_mean has {norm.channels} values; --model {preset.name} has "
+            f"{preset.latent_channels} latent channels"
+        )
+    return norm
+
+
+def _reason(e: BaseException) -> str:
+    text = (str(e).strip().splitlines() or [""])[0][:160]
+    return text or type(e).__name__
+
+
+def _refuse_nonfinite(
+    where: str,
+    entries: Mapping[str, tuple[tuple[int, ...], Reader]],
+    mapping: Mapping[str, str],
+    finite: list[Tensor],
+    dtype: torch.dtype,
+) -> None:
+    bad = [src for src, ok in zip(mapping, finite, strict=True) if not bool(ok)]
+    first = entries[bad[0]][1]()
+    name = str(dtype).removeprefix("torch.")
+    if bool(torch.isfinite(first).all()):  # finite as stored: the cast overflowed
+        raise WeightsError(
+            f"{where}: {len(bad)} weight tensor(s) overflow {name} (first: {bad[0]}); "
+            "use --dtype bf16 or --dtype fp32"
+        )
+    raise WeightsError(
+        f"{where}: {len(bad)} weight tensor(s) contain NaN/Inf (first: {bad[0]}); "
+        "the checkpoint is corrupt, re-download it"
+    )
 
 
 def channels_last(t: Tensor) -> Tensor:
@@ -293,10 +355,12 @@ def load_strict(
     dtype: torch.dtype,
 ) -> None:
     """Fill `module` (built on `meta`) from checkpoint `entries` renamed by `mapping`
-    (checkpoint key → module key): every key and shape must match, or a WeightsError names the
-    first offenders. Tensors are read one at a time onto `device` in `dtype`."""
+    (checkpoint key → module key): every key and shape must match, float weights must be floats
+    and finite, or a WeightsError names the first offenders. Tensors are read one at a time onto
+    `device` in `dtype`."""
     shapes = {dst: entries[src][0] for src, dst in mapping.items()}
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    wanted = module.state_dict()
+    expected = {k: tuple(v.shape) for k, v in wanted.items()}
     missing, unexpected = set(expected) - set(shapes), set(shapes) - set(expected)
     if missing:
         raise WeightsError(
@@ -310,14 +374,27 @@ def load_strict(
     wrong = {f"{k} {shapes[k]}≠{v}" for k, v in expected.items() if not _same_shape(shapes[k], v)}
     if wrong:
         raise WeightsError(f"{where}: weights do not fit the config: {_offenders(wrong)}")
-    state = {}
+    state, finite = {}, []
     for src, dst in mapping.items():
         # One tensor at a time, straight to its final device, dtype and layout, so the peak is
         # the decoder's weights plus one tensor (not two copies of every weight).
         t = entries[src][1]()
+        if wanted[dst].is_floating_point() and not t.is_floating_point():
+            kind = str(t.dtype).removeprefix("torch.")
+            raise WeightsError(
+                f"{where}: {src} holds {kind} values; VAE weights are floating point "
+                "(a quantised or corrupt checkpoint?)"
+            )
         t = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+        # NaN/Inf would decode to black or garbage frames; one flag per tensor, on the device,
+        # read once after the loop (a single sync).
+        finite.append(
+            torch.isfinite(t).all() if t.is_floating_point() else t.new_ones((), dtype=torch.bool)
+        )
         state[dst] = channels_last(t)
         del t
+    if finite and not bool(torch.stack(finite).all()):
+        _refuse_nonfinite(where, entries, mapping, finite, dtype)
     module.load_state_dict(state, strict=True, assign=True)
     del state
     leftovers = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
@@ -331,26 +408,42 @@ def load_vae(
     where = source.description
     entries = _strip_prefix(_open_tensors(source.files))
     family = _family_for(list(entries), source.config, preset, where)
+    normalization = _config_normalization(source, preset)
     mapping = family.rename_keys(entries)
+    if not mapping:
+        _require_decoder(list(entries), where)
+        raise WeightsError(
+            f"{where}: none of its {len(entries)} tensors is a {family.name} decoder weight "
+            f"({_offenders(set(entries))})"
+        )
     shapes = {dst: entries[src][0] for src, dst in mapping.items()}
+    cfg_where = source.config.get("_source", where) if source.config else where
     try:
         if source.config is not None:
             config = family.config_from_diffusers(source.config)
         else:
             config = family.config_from_shapes(shapes)
-    except (KeyError, ValueError, TypeError) as e:
-        cfg_where = source.config.get("_source", where) if source.config else where
+    except (KeyError, ValueError, TypeError, IndexError, ZeroDivisionError) as e:
         raise WeightsError(
-            f"{cfg_where}: cannot build the {family.name} decoder config ({e})"
+            f"{cfg_where}: cannot build the {family.name} decoder config ({_reason(e)})"
         ) from None
-    with torch.device("meta"):
-        decoder = family.build(config)
+    try:
+        with torch.device("meta"):
+            decoder = family.build(config)
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError, IndexError) as e:
+        # e.g. a group count that does not divide a width: the config contradicts itself or the
+        # tensors it was read from.
+        built_from = "this config" if source.config is not None else "these weights' shapes"
+        raise WeightsError(
+            f"{cfg_where}: the {family.name} decoder cannot be built from {built_from} "
+            f"({_reason(e)})"
+        ) from None
     load_strict(decoder, entries, mapping, where, device, dtype)
     decoder.eval()
     return LoadedVae(
         # Family.build makes the family's StreamDecoder (typed as a plain nn.Module there).
         decoder=cast("StreamModule", decoder),
         family=family,
-        normalization=normalization_from_config(source.config),
+        normalization=normalization,
         description=where,
     )

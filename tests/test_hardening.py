@@ -16,6 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from latent2mp4.video import read_video
+
 from conftest import assert_one_line_error, latents
 from tiny_hunyuan import make_tiny_hunyuan
 from tiny_wan import make_tiny_wan
@@ -302,3 +304,288 @@ def test_ctrl_c_mid_decode_removes_the_temporary_file(tmp_path):
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert err.strip() == f"interrupted; the partial {tmp_path / 'z.mp4'} was removed", err
     assert not list(tmp_path.glob("*.mp4")) and not list(tmp_path.glob(".*partial*"))
+
+
+# ---- the bad-weights catalogue ----------------------------------------------------------------
+# Each case copies a tiny real VAE (diffusers folder) and breaks one thing; decoding must end in
+# one line naming the file, exit 1, and no video.
+
+
+def _copy_vae(src: Path, dst: Path) -> Path:
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def _edit_config(folder: Path, **changes) -> Path:
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(changes)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def _edit_state(folder: Path, edit: Callable[[dict], None], name: str | None = None) -> Path:
+    state = load_file(str(folder / "diffusion_pytorch_model.safetensors"))
+    edit(state)
+    out = folder / (name or "diffusion_pytorch_model.safetensors")
+    save_file(state, str(out))
+    return out
+
+
+def _set(key: str, value: torch.Tensor) -> Callable[[dict], None]:
+    def edit(state: dict) -> None:
+        state[key] = value
+
+    return edit
+
+
+def _encoder_only(state: dict) -> None:
+    for k in [k for k in state if not k.startswith("encoder.")]:
+        del state[k]
+
+
+@dataclass(frozen=True)
+class BadVae:
+    """One bad-weights row: `make(tmp, vaes)` returns the --vae path (and extra CLI args)."""
+
+    make: Callable[[Path, dict], tuple[Path, list[str]]]
+    fragment: str
+    names: str  # the file or folder the message must name
+    model: str = "wan"
+
+
+WAN_CONV = "decoder.conv_in.weight"
+HY_CONV = "decoder.conv_in.conv.weight"
+
+
+def _wan(tmp: Path, vaes: dict) -> Path:
+    return _copy_vae(vaes["wan"], tmp / "bad")
+
+
+def _hy(tmp: Path, vaes: dict) -> Path:
+    return _copy_vae(vaes["hunyuan"], tmp / "bad")
+
+
+def _tensors(
+    edit: Callable[[dict], None], extra: tuple[str, ...] = ()
+) -> Callable[[Path, dict], tuple[Path, list[str]]]:
+    def make(tmp: Path, vaes: dict) -> tuple[Path, list[str]]:
+        folder = _wan(tmp, vaes)
+        _edit_state(folder, edit)
+        return folder, list(extra)
+
+    return make
+
+
+def _shards(weight_map: object) -> Callable[[Path, dict], tuple[Path, list[str]]]:
+    def make(tmp: Path, vaes: dict) -> tuple[Path, list[str]]:
+        folder = _wan(tmp, vaes)
+        (folder / "diffusion_pytorch_model.safetensors").unlink()
+        index = folder / "diffusion_pytorch_model.safetensors.index.json"
+        index.write_text(json.dumps({"weight_map": weight_map}))
+        return folder, []
+
+    return make
+
+
+def _tencent_original(tmp: Path, vaes: dict, groups: int) -> Path:
+    """A Tencent-release folder: AutoencoderKLCausal3D config.json + pytorch_model.pt."""
+    folder = tmp / "tencent"
+    folder.mkdir()
+    state = load_file(str(vaes["hunyuan"] / "diffusion_pytorch_model.safetensors"))
+    torch.save(
+        {"state_dict": {f"vae.{k}": v for k, v in state.items()}}, folder / "pytorch_model.pt"
+    )
+    diffusers_cfg = json.loads((vaes["hunyuan"] / "config.json").read_text())
+    cfg = {
+        "_class_name": "AutoencoderKLCausal3D",
+        "_diffusers_version": "0.4.2",
+        "act_fn": "silu",
+        "block_out_channels": diffusers_cfg["block_out_channels"],
+        "down_block_types": ["DownEncoderBlockCausal3D"] * 4,
+        "up_block_types": ["UpDecoderBlockCausal3D"] * 4,
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 16,
+        "layers_per_block": diffusers_cfg["layers_per_block"],
+        "norm_num_groups": groups,
+        "sample_size": 256,
+        "sample_tsize": 64,
+        "scaling_factor": 0.613,
+        "time_compression_ratio": 4,
+        "mid_block_add_attention": True,
+    }
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+BAD_WEIGHTS: dict[str, BadVae] = {
+    "config widths contradict the tensors": BadVae(
+        lambda t, v: (_edit_config(_wan(t, v), base_dim=16), []),
+        "weights do not fit the config",
+        "bad",
+    ),
+    "config group count contradicts the widths": BadVae(
+        lambda t, v: (_edit_config(_hy(t, v), norm_num_groups=3), []),
+        "cannot be built from this config",
+        "config.json",
+        "hunyuan",
+    ),
+    "config block count above the tensors'": BadVae(
+        lambda t, v: (_edit_config(_hy(t, v), layers_per_block=2), []),
+        "checkpoint lacks",
+        "bad",
+        "hunyuan",
+    ),
+    "config block count below the tensors'": BadVae(
+        lambda t, v: (_edit_config(_wan(t, v), num_res_blocks=0), []),
+        "unexpected decoder weights",
+        "bad",
+    ),
+    "config value of the wrong type": BadVae(
+        lambda t, v: (_edit_config(_wan(t, v), base_dim="wide"), []),
+        "cannot build the wan decoder config",
+        "config.json",
+    ),
+    "config latents_std not numbers": BadVae(
+        lambda t, v: (_edit_config(_wan(t, v), latents_std=["x"] * 16), []),
+        "latents_std",
+        "config.json",
+    ),
+    "tensor of the wrong shape": BadVae(
+        _tensors(_set(WAN_CONV, torch.zeros(3, 3))),
+        "weights do not fit the config",
+        "bad",
+    ),
+    "integer tensor": BadVae(
+        _tensors(_set(WAN_CONV, torch.zeros(32, 16, 3, 3, 3, dtype=torch.int32))),
+        "holds int32 values",
+        WAN_CONV,
+    ),
+    "weights without the decoder (folder)": BadVae(
+        _tensors(_encoder_only),
+        "holds no VAE decoder weights",
+        "bad",
+    ),
+    "weights without the decoder (single file)": BadVae(
+        lambda t, v: (_edit_state(_wan(t, v), _encoder_only, "enc.safetensors"), []),
+        "holds no VAE decoder weights",
+        "enc.safetensors",
+    ),
+    "shard index pointing nowhere": BadVae(
+        _shards({WAN_CONV: "diffusion_pytorch_model-00001-of-00002.safetensors"}),
+        "shard files missing",
+        "00001-of-00002",
+    ),
+    "shard index that is not a map": BadVae(
+        _shards(["diffusion_pytorch_model-00001.safetensors"]), "weight_map must map", "index.json"
+    ),
+    "NaN in a weight": BadVae(
+        _tensors(_set(WAN_CONV, torch.full((32, 16, 3, 3, 3), float("nan")))),
+        "contain NaN/Inf (first: decoder.conv_in.weight)",
+        "bad",
+    ),
+    "Inf in a weight": BadVae(
+        _tensors(_set("decoder.head.2.bias", torch.full((3,), float("inf")))),
+        "contain NaN/Inf",
+        "bad",
+    ),
+    "a weight beyond fp16's range, decoded in fp16": BadVae(
+        _tensors(
+            _set("decoder.head.2.bias", torch.full((3,), 1e6)),
+            (
+                "--dtype",
+                "fp16",
+            ),
+        ),
+        "overflow float16",
+        "bad",
+    ),
+    "original release with a contradicting group count": BadVae(
+        lambda t, v: (_tencent_original(t, v, groups=3), []),
+        "cannot be built from this config",
+        "config.json",
+        "hunyuan",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def vaes(wan_vae, hunyuan_vae) -> dict:
+    return {"wan": wan_vae, "hunyuan": hunyuan_vae}
+
+
+@pytest.mark.parametrize("case", list(BAD_WEIGHTS), ids=list(BAD_WEIGHTS))
+def test_bad_weights_catalogue(tmp_path, cli, vaes, case):
+    bad = BAD_WEIGHTS[case]
+    vae, extra = bad.make(tmp_path, vaes)
+    z = good(tmp_path / "z.safetensors")
+    run = cli("decode", z, "-m", bad.model, "--vae", vae, *extra)
+    assert_one_line_error(run, 1, bad.fragment, bad.names)
+    assert not list(tmp_path.rglob("*.mp4")) and not list(tmp_path.rglob(".*partial*"))
+
+
+def test_original_release_config_is_read(tmp_path, cli, vaes):
+    """A Tencent folder (AutoencoderKLCausal3D + pytorch_model.pt) with the tiny model's group
+    count (4, not the released 32 that tensor shapes would suggest) and scaling factor 0.613:
+    decoded within 1 LSB of diffusers with z / 0.613."""
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    folder = _tencent_original(tmp_path, vaes, groups=4)
+    z = latents((1, 16, 2, 4, 4), seed=5)
+    save_file({"latents": z}, str(tmp_path / "z.safetensors"))
+    run = cli(
+        "decode",
+        tmp_path / "z.safetensors",
+        "-m",
+        "hunyuan",
+        "--vae",
+        folder,
+        "--lossless",
+        "--no-tile",
+        "-o",
+        tmp_path / "out.mkv",
+    )
+    assert run.exit_code == 0, run.output
+    ref = AutoencoderKLHunyuanVideo.from_pretrained(vaes["hunyuan"]).eval()
+    with torch.no_grad():
+        video = ref.decode(z / 0.613).sample
+    want = ((video / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 3, 0).numpy() * 255).round()
+    got, _ = read_video(tmp_path / "out.mkv")
+    assert got.shape == want.shape and abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_fp16_overflow_while_decoding_stops_and_publishes_nothing(tmp_path, cli, wan_vae):
+    # 1e5 is finite in the fp32 file but beyond fp16: the decoded chunk is NaN.
+    f = good(tmp_path / "z.safetensors")
+    save_file({"latents": torch.full((16, 2, 4, 4), 1e5)}, str(f))
+    args = ["decode", f, "-m", "wan", "--vae", wan_vae, "--latent-space", "vae"]
+    run = cli(*args, "--dtype", "fp16")
+    assert_one_line_error(run, 1, "float16 overflowed", "--dtype bf16", "z.safetensors")
+    assert not list(tmp_path.rglob("*.mp4")) and not list(tmp_path.rglob(".*partial*"))
+
+
+@pytest.mark.parametrize(
+    "target, doing",
+    [
+        ("latent2mp4.decoder.load_vae", "building and loading the VAE decoder"),
+        ("latent2mp4.decoder.decode_stream", "decoding"),
+    ],
+)
+def test_internal_errors_are_one_line_and_verbose_shows_the_traceback(
+    tmp_path, cli, monkeypatch, wan_vae, target, doing
+):
+    # A stand-in bug: the thing under test is the CLI's handling of an exception that is not ours.
+    def bug(*args, **kwargs):
+        raise ZeroDivisionError("simulated bug")
+
+    monkeypatch.setattr(target, bug)
+    f = good(tmp_path / "z.safetensors")
+    run = cli("decode", f, "-m", "wan", "--vae", wan_vae)
+    assert_one_line_error(
+        run, 1, f"internal error while {doing} (ZeroDivisionError: simulated bug)", "--verbose"
+    )
+    assert not list(tmp_path.rglob("*.mp4"))
+    run = cli("decode", f, "-m", "wan", "--vae", wan_vae, "--verbose", "--overwrite")
+    assert run.exit_code == 1 and "Traceback" in run.stderr and "simulated bug" in run.stderr

@@ -36,3 +36,10 @@ class Family:
     rename_keys: Callable[[Iterable[str]], dict[str, str]]
     # Whether a checkpoint's key set holds this family's weights, in any naming it accepts.
     detect: Callable[[Collection[str]], bool]
+    # Other `_class_name`s whose `config.json` this family reads (an original release's own
+    # class), so that config is used rather than ignored.
+    other_classes: tuple[str, ...] = ()
+
+    @property
+    def config_classes(self) -> tuple[str, ...]:
+        return (self.diffusers_class, *self.other_classes)

@@ -30,6 +30,9 @@ TILE_LATENT_STRIDE = TILE_SAMPLE_STRIDE // TEMPORAL_RATIO  # 3
 BLEND_FRAMES = TILE_SAMPLE_FRAMES - TILE_SAMPLE_STRIDE  # 4 sample frames cross-faded
 NORM_EPS = 1e-6
 UP_BLOCK_TYPE = "HunyuanVideoUpBlock3D"
+# The same block under the Tencent release's class name (its AutoencoderKLCausal3D config).
+UP_BLOCK_TYPES = (UP_BLOCK_TYPE, "UpDecoderBlockCausal3D")
+ORIGINAL_CLASS = "AutoencoderKLCausal3D"
 
 
 @dataclass(frozen=True)
@@ -51,13 +54,15 @@ class HunyuanConfig:
         ValueError."""
         blocks = tuple(int(c) for c in d["block_out_channels"])
         up_types = tuple(d.get("up_block_types", (UP_BLOCK_TYPE,) * len(blocks)))
-        if len(up_types) != len(blocks) or any(t != UP_BLOCK_TYPE for t in up_types):
+        if len(up_types) != len(blocks) or any(t not in UP_BLOCK_TYPES for t in up_types):
             raise ValueError(
                 f"up_block_types {up_types} unsupported: expected {len(blocks)} x {UP_BLOCK_TYPE}"
             )
-        if d.get("temporal_compression_ratio", TEMPORAL_RATIO) != TEMPORAL_RATIO:
+        # Tencent's own config (AutoencoderKLCausal3D) names the ratio time_compression_ratio.
+        ratio = d.get("temporal_compression_ratio", d.get("time_compression_ratio", TEMPORAL_RATIO))
+        if ratio != TEMPORAL_RATIO:
             raise ValueError(
-                f"temporal_compression_ratio {d['temporal_compression_ratio']} unsupported: "
+                f"temporal compression ratio {ratio} unsupported: "
                 f"HunyuanVideo decodes with {TEMPORAL_RATIO}"
             )
         if d.get("act_fn", "silu") not in ("silu", "swish"):
@@ -370,4 +375,6 @@ FAMILY = Family(
     build=HunyuanDecoder,
     rename_keys=rename_keys,
     detect=detect,
+    # The Tencent release's vae/config.json, next to its pytorch_model.pt.
+    other_classes=(ORIGINAL_CLASS,),
 )
