@@ -57,7 +57,18 @@ class LatentFile:
     @property
     def meta_fps(self) -> float | None:
         fps = self.metadata.get(META_PREFIX + "fps")
-        return float(fps) if fps else None
+        try:
+            value = float(fps) if fps else None
+        except ValueError:
+            value = None
+        if value is not None and value > 0 and value != float("inf"):
+            return value
+        if fps:
+            raise InputError(
+                f"{self.path}: metadata {META_PREFIX}fps is {fps!r}, not a positive number; "
+                "pass --fps"
+            )
+        return None
 
     @property
     def meta_latent_space(self) -> str | None:

@@ -54,3 +54,21 @@ def test_prefetch_stops_the_producer_when_the_consumer_stops():
     gen.close()
     time.sleep(0.3)
     assert len(produced) < 10
+
+
+@pytest.mark.parametrize(
+    "dtype, advice",
+    [(torch.float16, "--dtype bf16"), (torch.bfloat16, "--dtype fp32"), (torch.float32, "VAE")],
+)
+def test_a_non_finite_chunk_stops_before_its_frames(dtype, advice):
+    from latent2mp4.errors import DecodeError
+
+    good = torch.zeros(1, 3, 4, 2, 2, dtype=dtype)
+    bad = good.clone()
+    bad[0, 1, 2, 1, 1] = float("inf") if dtype != torch.float32 else float("nan")
+    got = []
+    with pytest.raises(DecodeError, match=rf"from frame 4 on hold NaN/Inf.*{advice}") as e:
+        for frame in to_frames([good, bad, good]):
+            got.append(frame)
+    assert len(got) == 4  # the first chunk's frames only
+    assert str(dtype).removeprefix("torch.") in str(e.value)

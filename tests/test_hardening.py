@@ -121,7 +121,14 @@ def _vae_folder_without_weights(tmp: Path) -> list[str]:
     return [str(good(tmp / "z.safetensors")), "-m", "wan", "--vae", str(tmp / "vae")]
 
 
+def _bad_fps_metadata(tmp: Path) -> list[str]:
+    meta = {"latent2mp4.fps": "abc"}
+    save_file({"latents": latents((16, 2, 4, 4))}, str(tmp / "z.safetensors"), metadata=meta)
+    return [str(tmp / "z.safetensors"), "-m", "wan", *PREVIEW]
+
+
 CATALOGUE: dict[str, Bad] = {
+    "fps metadata that is not a number": Bad(_bad_fps_metadata, 1, "not a positive number"),
     "missing file": Bad(lambda t: [str(t / "z.safetensors"), "-m", "wan"], 1, "file not found"),
     "empty file": Bad(_bytes(b""), 1, "not a readable safetensors file"),
     "truncated file": Bad(_truncated, 1, "not a readable safetensors file"),
