@@ -529,6 +529,7 @@ def test_bad_weights_catalogue(tmp_path, cli, vaes, case):
     vae, extra = bad.make(tmp_path, vaes)
     z = good(tmp_path / "z.safetensors")
     run = cli("decode", z, "-m", bad.model, "--vae", vae, *extra)
+    print(f"\n{case} -> exit {run.exit_code}: {run.stderr.strip()}")
     assert_one_line_error(run, 1, bad.fragment, bad.names)
     assert not list(tmp_path.rglob("*.mp4")) and not list(tmp_path.rglob(".*partial*"))
 
