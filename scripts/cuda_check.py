@@ -163,6 +163,20 @@ def main() -> int:
             diff = (got - ref).abs().max().item()
             name = "bwe vocoder" if bwe else "vocoder"
             report(f"audio VAE + {name} fp32 cuda waveform max abs", diff, diff <= PARITY)
+    # A non-finite chunk on CUDA (the pinned-copy path of to_frames) stops before its frames.
+    from latent2mp4.errors import DecodeError
+    from latent2mp4.frames import to_frames
+
+    good = torch.zeros(1, 3, 4, 8, 8, device=CUDA, dtype=torch.float16)
+    bad = torch.full_like(good, float("inf"))
+    got: list[np.ndarray] = []
+    try:
+        got.extend(to_frames([good, bad, good]))
+        stopped = False
+    except DecodeError as e:
+        stopped = "float16" in str(e)
+    report("non-finite fp16 chunk on CUDA: frames handed out before the stop", len(got),
+           stopped and len(got) == 4)  # fmt: skip
     print(f"{failures} failure(s)")
     return 1 if failures else 0
 
