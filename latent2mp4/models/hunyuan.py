@@ -62,7 +62,7 @@ class HunyuanConfig:
         ratio = d.get("temporal_compression_ratio", d.get("time_compression_ratio", TEMPORAL_RATIO))
         if ratio != TEMPORAL_RATIO:
             raise ValueError(
-                f"temporal compression ratio {ratio} unsupported: "
+                f"temporal_compression_ratio {ratio} unsupported: "
                 f"HunyuanVideo decodes with {TEMPORAL_RATIO}"
             )
         if d.get("act_fn", "silu") not in ("silu", "swish"):
