@@ -329,26 +329,29 @@ def denormalise(z: Tensor, norm: Normalization, dtype: torch.dtype = torch.float
     """Model space → VAE space, with the reference pipelines' arithmetic in `dtype`.
 
     Wan divides by the reciprocal of std (pipeline_wan.py), Cosmos-Predict2 multiplies by std and
-    divides by sigma_data (pipeline_cosmos2_video2world.py); HunyuanVideo and CogVideoX divide by
-    the scaling factor.
+    divides by sigma_data (pipeline_cosmos2_video2world.py), Mochi multiplies by std and divides by
+    the scaling factor (pipeline_mochi.py); HunyuanVideo and CogVideoX divide by the scaling factor.
     """
     z = z.to(dtype)
-    if norm.scaling_factor is not None:
+    if norm.mean is None:
+        assert norm.scaling_factor is not None
         return z / norm.scaling_factor
     mean, std = _stats(norm, z)
     z = z * std if norm.std_op == "multiply" else z / (1.0 / std)
-    if norm.sigma_data is not None:
-        z = z / norm.sigma_data
+    for divisor in (norm.scaling_factor, norm.sigma_data):
+        if divisor is not None:
+            z = z / divisor
     return z + mean
 
 
 def normalise(z: Tensor, norm: Normalization, dtype: torch.dtype = torch.float32) -> Tensor:
     """VAE space → model space (what the preview factors expect)."""
     z = z.to(dtype)
-    if norm.scaling_factor is not None:
+    if norm.mean is None:
+        assert norm.scaling_factor is not None
         return z * norm.scaling_factor
     mean, std = _stats(norm, z)
-    return (z - mean) * (norm.sigma_data or 1.0) / std
+    return (z - mean) * (norm.sigma_data or 1.0) * (norm.scaling_factor or 1.0) / std
 
 
 def save_latents(

@@ -22,13 +22,14 @@ LAYOUT_AXES: dict[str, str] = {"BCFHW": "CFHW", "BFCHW": "FCHW", "BFHWC": "FHWC"
 
 @dataclass(frozen=True)
 class Normalization:
-    """How model-space latents map to VAE space: `z * std [/ sigma_data] + mean`, or
-    `z / scaling_factor`.
+    """How model-space latents map to VAE space: `z * std [/ scaling_factor] [/ sigma_data] +
+    mean`, or `z / scaling_factor`.
 
     `std_op` is how the pipeline applies std: `reciprocal` divides by `1 / std` (the Wan, SkyReels
-    and Sana-Video pipelines), `multiply` multiplies by std (Cosmos-Predict2). Both are the same
-    maths but round differently, and we reproduce the pipeline's floats. `sigma_data` is a further
-    divisor (Cosmos' scheduler `sigma_data`); None: no division.
+    and Sana-Video pipelines), `multiply` multiplies by std (Cosmos-Predict2, and by default
+    whenever a scaling factor comes with mean and std, as in Mochi). Both are the same maths but
+    round differently, and we reproduce the pipeline's floats. `sigma_data` is a further divisor
+    (Cosmos' scheduler `sigma_data`); None: no division.
     """
 
     mean: tuple[float, ...] | None = None
@@ -44,11 +45,14 @@ class Normalization:
             d.get("latents_std", d.get("std")),
             d.get("scaling_factor"),
         )
-        std_op, sigma = d.get("std_op", "reciprocal"), d.get("sigma_data")
+        std_op = d.get("std_op", "reciprocal" if scale is None else "multiply")
+        sigma = d.get("sigma_data")
         if std_op not in ("reciprocal", "multiply"):
             raise UsageError(f"{source}: std_op must be reciprocal or multiply, not {std_op}")
         if sigma is not None and not float(sigma) > 0:
             raise UsageError(f"{source}: sigma_data must be positive, not {sigma}")
+        if scale is not None and float(scale) == 0:
+            raise UsageError(f"{source}: scaling_factor is 0")
         if mean is not None and std is not None:
             if len(mean) != len(std):
                 raise UsageError(f"{source}: mean has {len(mean)} values but std has {len(std)}")
@@ -59,10 +63,9 @@ class Normalization:
                 std=tuple(map(float, std)),
                 std_op=std_op,
                 sigma_data=None if sigma is None else float(sigma),
+                scaling_factor=None if scale is None else float(scale),
             )
         if scale is not None:
-            if float(scale) == 0:
-                raise UsageError(f"{source}: scaling_factor is 0")
             return cls(scaling_factor=float(scale))
         raise UsageError(f"{source}: normalization needs mean and std, or scaling_factor")
 

@@ -282,8 +282,10 @@ def normalization_from_config(config: Mapping[str, Any] | None) -> Normalization
         return None
     mean, std = config.get("latents_mean"), config.get("latents_std")
     if mean is not None and std is not None:
+        # Mochi's pipeline divides by scaling_factor too; Wan's config has none.
+        scale = {"scaling_factor": config["scaling_factor"]} if "scaling_factor" in config else {}
         return Normalization.from_mapping(
-            {"mean": mean, "std": std}, config.get("_source", "config.json")
+            {"mean": mean, "std": std, **scale}, config.get("_source", "config.json")
         )
     if config.get("scaling_factor") is not None:
         return Normalization.from_mapping(

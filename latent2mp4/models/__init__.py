@@ -10,6 +10,7 @@ FAMILY_MODULES = {
     "wan": "latent2mp4.models.wan",
     "hunyuan": "latent2mp4.models.hunyuan",
     "cogvideox": "latent2mp4.models.cogvideox",
+    "mochi": "latent2mp4.models.mochi",
 }
 
 
