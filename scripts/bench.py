@@ -3,6 +3,7 @@
     python scripts/bench.py                        # speed: every family, fp32 and bf16, 3 runs each
     python scripts/bench.py --families wan --dtypes fp32 --repeats 5
     python scripts/bench.py --mode scale           # peak RSS for 6/11/21/41 latent frames (Wan)
+    python scripts/bench.py --mode scale --families mochi   # 4/8/15/28 latents: 19 to 163 frames
     python scripts/bench.py --mode input           # ours alone: input-inclusive peak, 720p bf16
     python scripts/bench.py --quick                # tiny test configs: seconds (the smoke test)
     python scripts/bench.py --device cuda --families wan --frames 21 --size 60,104   # GPU, 480p
@@ -80,6 +81,7 @@ class Family:
     tiny: tuple[str, str]  # tests/ builder and variant for --quick
     tiny_size: tuple[int, int, int]
     config: dict[str, Any] = field(default_factory=dict)  # real size: constructor defaults + this
+    scale_frames: tuple[int, ...] = SCALE_FRAMES  # latent frames of --mode scale
 
 
 # fmt: off
@@ -93,6 +95,9 @@ FAMILIES = {
                       ("tiny_hunyuan", "tiny"), (5, 8, 8)),
     "cogvideox": Family("cogvideox", "AutoencoderKLCogVideoX", (5, 30, 45),
                         ("tiny_cogvideox", "groups32"), (3, 8, 8)),
+    # 3 latents → 13 frames; scale: 4/8/15/28 latents → 19/43/85/163 frames
+    "mochi": Family("mochi", "AutoencoderKLMochi", (3, 32, 32), ("tiny_mochi", "tiny"), (2, 8, 8),
+                    scale_frames=(4, 8, 15, 28)),
 }
 # fmt: on
 
@@ -234,6 +239,10 @@ def child(a: argparse.Namespace) -> None:
             mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1).to(z)
             inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1).to(z)
             z = z / inv_std + mean
+        elif fam.cls == "AutoencoderKLMochi":  # MochiPipeline
+            mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1).to(z)
+            std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1).to(z)
+            z = z * std / cfg.scaling_factor + mean
         elif fam.cls == "AutoencoderKLCogVideoX":  # CogVideoXPipeline.decode_latents
             z = 1 / cfg.scaling_factor * z.permute(0, 2, 1, 3, 4)
         else:  # HunyuanVideoPipeline
@@ -467,7 +476,7 @@ def scale(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, Any]]
         h, w = args.size or (fam.tiny_size[1:] if args.quick else SCALE_SIZE)
         vae = make_vae(name, args.quick, workdir)
         for dtype in args.dtypes:
-            for t in args.frames or SCALE_FRAMES:
+            for t in args.frames or fam.scale_frames:
                 latents = make_latents(name, args.quick, (t, h, w), workdir)
                 m = alternate(name, dtype, vae, latents, args, workdir)
                 rows.append({"family": name, "dtype": dtype, "latent_frames": t, **m})
@@ -668,7 +677,8 @@ def main() -> None:
     ap.add_argument("--dtypes", type=csv, help="default: fp32,bf16 (scale: fp32)")
     ap.add_argument("--repeats", type=int, help="timed runs per tool (default: speed 3, scale 1)")
     ap.add_argument("--workdir", type=Path, default=ROOT / "out" / "bench")
-    ap.add_argument("--frames", type=ints, help="latent frames T (scale: a list, e.g. 6,11,21)")
+    ap.add_argument("--frames", type=ints, help="latent frames T (scale: a list, e.g. 6,11,21; "
+                    "default per family, Wan 6,11,21,41)")  # fmt: skip
     ap.add_argument("--size", type=ints, help="latent h,w, e.g. 60,104 (scale default: 16,16)")
     ap.add_argument("--quick", action="store_true", help="tiny test configs and latents")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N], for both tools")
