@@ -4,7 +4,7 @@
 
 For every family (the tests' tiny random configs, saved with `save_pretrained`):
 - fp32 on CUDA against diffusers' `decode()` on CUDA, untiled and tiled: max abs difference;
-- Wan: several latent frames per call (the CUDA path) against one frame per call: max abs;
+- Wan and Mochi: several latent frames per call (the CUDA path) against one frame per call;
 - `decode_file(device="cuda", lossless=True)` end to end: frames against the diffusers
   pipeline's, in LSB;
 - bf16 on CUDA against our fp32: PSNR.
@@ -39,6 +39,7 @@ from latent2mp4.weights import load_vae, resolve_vae  # noqa: E402
 from tiny_cogvideox import make_tiny_cogvideox  # noqa: E402
 from tiny_hunyuan import make_tiny_hunyuan  # noqa: E402
 from tiny_ltx2_audio import make_tiny_audio_vae, make_tiny_vocoder  # noqa: E402
+from tiny_mochi import make_tiny_mochi  # noqa: E402
 from tiny_wan import make_tiny_wan  # noqa: E402
 
 PARITY = 1e-4
@@ -58,6 +59,7 @@ CASES: list[tuple[str, Callable[..., Any], str, int, int, int, dict[str, float]]
         5,
         {"tile_overlap_factor_height": 1 / 4, "tile_overlap_factor_width": 1 / 4},
     ),
+    ("mochi", make_tiny_mochi, "tiny", 12, 8, 4, {}),
 ]
 
 
@@ -68,6 +70,10 @@ def vae_space(vae: Any, z: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
         inv = 1.0 / torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
         return z / inv + mean
+    if type(vae).__name__ == "AutoencoderKLMochi":  # pipeline_mochi.py
+        mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
+        std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
+        return z * std / cfg.scaling_factor + mean
     return z / cfg.scaling_factor
 
 
@@ -124,7 +130,7 @@ def main() -> int:
                 report(f"{model} fp32 cuda {'tiled' if tiled else 'whole'} max abs", diff,
                        diff <= PARITY)  # fmt: skip
             vae.disable_tiling()
-            if model.startswith("wan"):
+            if model.startswith("wan") or model == "mochi":
                 one = ours(folder, model, zv, torch.float32, max_chunk_frames=1)
                 many = ours(folder, model, zv, torch.float32, max_chunk_frames=4)
                 diff = (one - many).abs().max().item()

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_mochi import make_tiny_mochi
 
 from latent2mp4.engine import TileGrid, decode_stream
 from latent2mp4.latents import denormalise, normalise
@@ -19,6 +18,8 @@ from latent2mp4.models.mochi import FAMILY, MochiConfig, MochiDecoder, detect, r
 from latent2mp4.presets import load_preset
 from latent2mp4.video import read_video
 from latent2mp4.weights import load_vae, resolve_vae
+
+from tiny_mochi import make_tiny_mochi
 
 PARITY = 1e-4
 

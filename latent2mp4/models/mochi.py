@@ -184,16 +184,23 @@ class CausalConv3d(nn.Module):
     def run(self, buf: Tensor, state: MochiState) -> Tensor:
         """Replicate the filled room's edges, put the history in front and convolve."""
         new = buf[:, :, HISTORY:]
-        new[..., 0, 1:-1].copy_(new[..., 1, 1:-1])
-        new[..., -1, 1:-1].copy_(new[..., -2, 1:-1])
-        new[..., 0].copy_(new[..., 1])  # columns after rows: the corners follow
-        new[..., -1].copy_(new[..., -2])
+        replicate_edges(new[..., 1:-1], dim=3)
+        replicate_edges(new, dim=4)  # columns after rows: the corners follow
         past = state.frames.get(self)
         if past is None:
             past = new[:, :, :1].expand(-1, -1, HISTORY, -1, -1)
         buf[:, :, :HISTORY].copy_(past)
         state.frames[self] = buf[:, :, -HISTORY:].clone()
         return self.conv(buf)
+
+
+def replicate_edges(x: Tensor, dim: int) -> None:
+    """Copy positions 1 and n-2 of `dim` onto 0 and n-1, in place (both edges in one copy)."""
+    n = x.shape[dim]
+    lead = (slice(None),) * dim
+    # Rows 1 and n-2 as one strided slice; a single interior row is broadcast to both edges.
+    src = x[(*lead, slice(1, n - 1, n - 3))] if n > 3 else x.narrow(dim, 1, 1)
+    x[(*lead, slice(0, n, n - 1))].copy_(src)
 
 
 def norm_silu_conv(
