@@ -199,8 +199,8 @@ def replicate_edges(x: Tensor, dim: int) -> None:
     n = x.shape[dim]
     lead = (slice(None),) * dim
     # Rows 1 and n-2 as one strided slice; a single interior row is broadcast to both edges.
-    src = x[(*lead, slice(1, n - 1, n - 3))] if n > 3 else x.narrow(dim, 1, 1)
-    x[(*lead, slice(0, n, n - 1))].copy_(src)
+    src = x[lead + (slice(1, n - 1, n - 3),)] if n > 3 else x.narrow(dim, 1, 1)
+    x[lead + (slice(0, n, n - 1),)].copy_(src)
 
 
 def norm_silu_conv(
