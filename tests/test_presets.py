@@ -16,6 +16,7 @@ FPS = {
     "kandinsky5": 24,
     "cosmos-predict2": 16,
     "sana-video": 16,
+    "mochi": 30,
 }
 
 
@@ -31,11 +32,20 @@ def test_every_builtin_preset_loads_with_its_fps_and_shape():
     assert presets["cogvideox"].normalization.scaling_factor == 1.15258426
     assert presets["cogvideox-5b"].normalization.scaling_factor == 0.7
     assert len(presets["wan2.2"].normalization.mean) == 48
+    mochi = presets["mochi"]  # z * std / scaling_factor + mean; 6(T-1)+1 frames
+    assert len(mochi.normalization.mean) == 12 and mochi.normalization.scaling_factor == 1.0
+    assert [mochi.frames_out(t) for t in (1, 2, 28)] == [1, 7, 163]
 
 
 @pytest.mark.parametrize(
     "alias,name",
-    [("wan2.1", "wan"), ("hunyuanvideo", "hunyuan"), ("cogvideox-2b", "cogvideox"), ("WAN", "wan")],
+    [
+        ("wan2.1", "wan"),
+        ("hunyuanvideo", "hunyuan"),
+        ("cogvideox-2b", "cogvideox"),
+        ("WAN", "wan"),
+        ("mochi-1", "mochi"),
+    ],
 )
 def test_aliases_resolve(alias, name):
     assert load_preset(alias).name == name
