@@ -337,7 +337,8 @@ def denormalise(z: Tensor, norm: Normalization, dtype: torch.dtype = torch.float
         assert norm.scaling_factor is not None
         return z / norm.scaling_factor
     mean, std = _stats(norm, z)
-    z = z * std if norm.std_op == "multiply" else z / (1.0 / std)
+    multiply = norm.std_op == "multiply" or norm.scaling_factor is not None
+    z = z * std if multiply else z / (1.0 / std)
     for divisor in (norm.scaling_factor, norm.sigma_data):
         if divisor is not None:
             z = z / divisor

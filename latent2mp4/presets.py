@@ -26,8 +26,8 @@ class Normalization:
     mean`, or `z / scaling_factor`.
 
     `std_op` is how the pipeline applies std: `reciprocal` divides by `1 / std` (the Wan, SkyReels
-    and Sana-Video pipelines), `multiply` multiplies by std (Cosmos-Predict2, and by default
-    whenever a scaling factor comes with mean and std, as in Mochi). Both are the same maths but
+    and Sana-Video pipelines), `multiply` multiplies by std (Cosmos-Predict2, and always
+    when a scaling factor comes with mean and std, as in Mochi and LTX-Video). Both are the same maths but
     round differently, and we reproduce the pipeline's floats. `sigma_data` is a further divisor
     (Cosmos' scheduler `sigma_data`); None: no division.
     """
@@ -45,7 +45,7 @@ class Normalization:
             d.get("latents_std", d.get("std")),
             d.get("scaling_factor"),
         )
-        std_op = d.get("std_op", "reciprocal" if scale is None else "multiply")
+        std_op = d.get("std_op", "reciprocal")
         sigma = d.get("sigma_data")
         if std_op not in ("reciprocal", "multiply"):
             raise UsageError(f"{source}: std_op must be reciprocal or multiply, not {std_op}")
