@@ -330,12 +330,14 @@ def denormalise(z: Tensor, norm: Normalization, dtype: torch.dtype = torch.float
 
     Wan divides by the reciprocal of std (pipeline_wan.py), Cosmos-Predict2 multiplies by std and
     divides by sigma_data (pipeline_cosmos2_video2world.py), Mochi multiplies by std and divides by
-    the scaling factor (pipeline_mochi.py); HunyuanVideo and CogVideoX divide by the scaling factor.
+    the scaling factor (pipeline_mochi.py); HunyuanVideo and CogVideoX divide by the scaling factor
+    (and the Tencent HunyuanVideo 1.5 pipeline adds a shift factor where set).
     """
     z = z.to(dtype)
     if norm.mean is None:
         assert norm.scaling_factor is not None
-        return z / norm.scaling_factor
+        z = z / norm.scaling_factor
+        return z + norm.shift_factor if norm.shift_factor else z
     mean, std = _stats(norm, z)
     multiply = norm.std_op == "multiply" or norm.scaling_factor is not None
     z = z * std if multiply else z / (1.0 / std)
@@ -350,7 +352,7 @@ def normalise(z: Tensor, norm: Normalization, dtype: torch.dtype = torch.float32
     z = z.to(dtype)
     if norm.mean is None:
         assert norm.scaling_factor is not None
-        return z * norm.scaling_factor
+        return (z - norm.shift_factor if norm.shift_factor else z) * norm.scaling_factor
     mean, std = _stats(norm, z)
     return (z - mean) * (norm.sigma_data or 1.0) * (norm.scaling_factor or 1.0) / std
 

@@ -23,13 +23,13 @@ LAYOUT_AXES: dict[str, str] = {"BCFHW": "CFHW", "BFCHW": "FCHW", "BFHWC": "FHWC"
 @dataclass(frozen=True)
 class Normalization:
     """How model-space latents map to VAE space: `z * std [/ scaling_factor] [/ sigma_data] +
-    mean`, or `z / scaling_factor`.
+    mean`, or `z / scaling_factor` (`+ shift_factor` where one is set).
 
     `std_op` is how the pipeline applies std: `reciprocal` divides by `1 / std` (the Wan, SkyReels
-    and Sana-Video pipelines), `multiply` multiplies by std (Cosmos-Predict2, and always
-    when a scaling factor comes with mean and std, as in Mochi and LTX-Video). Both are the same maths but
-    round differently, and we reproduce the pipeline's floats. `sigma_data` is a further divisor
-    (Cosmos' scheduler `sigma_data`); None: no division.
+    and Sana-Video pipelines), `multiply` multiplies by std (Cosmos-Predict2, and always when a
+    scaling factor comes with mean and std, as in Mochi and LTX-Video). Both are the same maths
+    but round differently, and we reproduce the pipeline's floats. `sigma_data` is a further
+    divisor (Cosmos' scheduler `sigma_data`); None: no division.
     """
 
     mean: tuple[float, ...] | None = None
@@ -37,6 +37,7 @@ class Normalization:
     scaling_factor: float | None = None
     std_op: StdOp = "reciprocal"
     sigma_data: float | None = None
+    shift_factor: float | None = None  # None or 0: no shift (pipelines test it for truth)
 
     @classmethod
     def from_mapping(cls, d: dict[str, Any], source: str) -> Normalization:
@@ -66,7 +67,8 @@ class Normalization:
                 scaling_factor=None if scale is None else float(scale),
             )
         if scale is not None:
-            return cls(scaling_factor=float(scale))
+            shift = d.get("shift_factor")
+            return cls(scaling_factor=float(scale), shift_factor=float(shift) if shift else None)
         raise UsageError(f"{source}: normalization needs mean and std, or scaling_factor")
 
     @property

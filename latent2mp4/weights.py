@@ -106,7 +106,7 @@ def _diffusers_files(folder: Path) -> tuple[Path, ...]:
 
 
 def _sibling_config(path: Path) -> dict[str, Any] | None:
-    """A diffusers config.json next to a weights file, if it describes a known VAE class."""
+    """A config.json next to a weights file, if it describes a VAE class a family reads."""
     cfg_path = path.parent / "config.json"
     if not cfg_path.is_file():
         return None
@@ -277,7 +277,8 @@ def _require_decoder(keys: list[str], where: str) -> None:
 
 
 def normalization_from_config(config: Mapping[str, Any] | None) -> Normalization | None:
-    """latents_mean/std or scaling_factor from a diffusers config.json, as pipelines read them."""
+    """latents_mean/std, or scaling_factor (and shift_factor where set), from a config.json, as
+    pipelines read them."""
     if not config:
         return None
     mean, std = config.get("latents_mean"), config.get("latents_std")
@@ -288,9 +289,8 @@ def normalization_from_config(config: Mapping[str, Any] | None) -> Normalization
             {"mean": mean, "std": std, **scale}, config.get("_source", "config.json")
         )
     if config.get("scaling_factor") is not None:
-        return Normalization.from_mapping(
-            {"scaling_factor": config["scaling_factor"]}, "config.json"
-        )
+        keys = ("scaling_factor", "shift_factor")
+        return Normalization.from_mapping({k: config.get(k) for k in keys}, "config.json")
     return None
 
 

@@ -98,6 +98,9 @@ FAMILIES = {
     # 3 latents → 13 frames; scale: 4/8/15/28 latents → 19/43/85/163 frames
     "mochi": Family("mochi", "AutoencoderKLMochi", (3, 32, 32), ("tiny_mochi", "tiny"), (2, 8, 8),
                     scale_frames=(4, 8, 15, 28)),
+    # 16×16 latents: 256×256 output (16× spatial compression), as wan2.2
+    "hunyuan1.5": Family("hunyuan1.5", "AutoencoderKLHunyuanVideo15", (5, 16, 16),
+                         ("tiny_hunyuan15", "tiny"), (3, 4, 4)),
 }
 # fmt: on
 
@@ -245,7 +248,7 @@ def child(a: argparse.Namespace) -> None:
             z = z * std / cfg.scaling_factor + mean
         elif fam.cls == "AutoencoderKLCogVideoX":  # CogVideoXPipeline.decode_latents
             z = 1 / cfg.scaling_factor * z.permute(0, 2, 1, 3, 4)
-        else:  # HunyuanVideoPipeline
+        else:  # HunyuanVideoPipeline, HunyuanVideo15Pipeline
             z = z / cfg.scaling_factor
         with torch.no_grad():
             video = vae.decode(z).sample

@@ -4,7 +4,8 @@
 
 For every family (the tests' tiny random configs, saved with `save_pretrained`):
 - fp32 on CUDA against diffusers' `decode()` on CUDA, untiled and tiled: max abs difference;
-- Wan and Mochi: several latent frames per call (the CUDA path) against one frame per call;
+- Wan, Mochi, HunyuanVideo 1.5: several latent frames per call (the CUDA path) against one frame
+  per call: max abs;
 - `decode_file(device="cuda", lossless=True)` end to end: frames against the diffusers
   pipeline's, in LSB;
 - bf16 on CUDA against our fp32: PSNR.
@@ -38,6 +39,7 @@ from latent2mp4.weights import load_vae, resolve_vae  # noqa: E402
 
 from tiny_cogvideox import make_tiny_cogvideox  # noqa: E402
 from tiny_hunyuan import make_tiny_hunyuan  # noqa: E402
+from tiny_hunyuan15 import make_tiny_hunyuan15  # noqa: E402
 from tiny_ltx2_audio import make_tiny_audio_vae, make_tiny_vocoder  # noqa: E402
 from tiny_mochi import make_tiny_mochi  # noqa: E402
 from tiny_wan import make_tiny_wan  # noqa: E402
@@ -50,6 +52,16 @@ CASES: list[tuple[str, Callable[..., Any], str, int, int, int, dict[str, float]]
     ("wan", make_tiny_wan, "2.1", 16, 8, 5, {}),
     ("wan2.2", make_tiny_wan, "2.2", 48, 16, 3, {}),
     ("hunyuan", make_tiny_hunyuan, "tiny", 16, 8, 7, {}),
+    # enable_tiling takes latent tile sizes and an overlap factor: stride int(4 * 0.75) = 3.
+    (
+        "hunyuan1.5",
+        make_tiny_hunyuan15,
+        "tiny",
+        32,
+        16,
+        5,
+        {"tile_latent_min_height": 4, "tile_latent_min_width": 4, "tile_overlap_factor": 0.25},
+    ),
     (
         "cogvideox",
         make_tiny_cogvideox,
@@ -130,7 +142,7 @@ def main() -> int:
                 report(f"{model} fp32 cuda {'tiled' if tiled else 'whole'} max abs", diff,
                        diff <= PARITY)  # fmt: skip
             vae.disable_tiling()
-            if model.startswith("wan") or model == "mochi":
+            if model.startswith("wan") or model in ("mochi", "hunyuan1.5"):
                 one = ours(folder, model, zv, torch.float32, max_chunk_frames=1)
                 many = ours(folder, model, zv, torch.float32, max_chunk_frames=4)
                 diff = (one - many).abs().max().item()

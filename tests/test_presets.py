@@ -17,6 +17,7 @@ FPS = {
     "cosmos-predict2": 16,
     "sana-video": 16,
     "mochi": 30,
+    "hunyuan1.5": 15,
 }
 
 
@@ -45,6 +46,7 @@ def test_every_builtin_preset_loads_with_its_fps_and_shape():
         ("cogvideox-2b", "cogvideox"),
         ("WAN", "wan"),
         ("mochi-1", "mochi"),
+        ("hunyuanvideo1.5", "hunyuan1.5"),
     ],
 )
 def test_aliases_resolve(alias, name):

@@ -11,6 +11,7 @@ FAMILY_MODULES = {
     "hunyuan": "latent2mp4.models.hunyuan",
     "cogvideox": "latent2mp4.models.cogvideox",
     "mochi": "latent2mp4.models.mochi",
+    "hunyuan1.5": "latent2mp4.models.hunyuan15",
 }
 
 

@@ -19,11 +19,11 @@ from torch import Tensor, nn
 
 from latent2mp4.engine import Chunk
 from latent2mp4.models.family import Family, Shapes
+from latent2mp4.models.layers import RMSNorm
 from latent2mp4.models.wan_layers import (
     Attention,
     CausalConv3d,
     ResBlock,
-    RMSNorm,
     Upsample,
     WanState,
     dup_up,
@@ -329,10 +329,10 @@ def rename_keys(keys: Iterable[str]) -> dict[str, str]:
 
 
 def detect(keys: Collection[str]) -> bool:
-    """Whether `keys` hold a Wan VAE, diffusers or original naming (RMS norms carry `gamma`)."""
-    return "decoder.mid_block.resnets.0.norm1.gamma" in keys or (
-        "decoder.middle.0.residual.0.gamma" in keys
-    )
+    """Whether `keys` hold a Wan VAE, diffusers or original naming (RMS norms carry `gamma`;
+    a bare `conv_in` tells diffusers' Wan from HunyuanVideo 1.5, whose convs wrap a `.conv`)."""
+    diffusers = {"decoder.mid_block.resnets.0.norm1.gamma", "decoder.conv_in.weight"}
+    return diffusers <= set(keys) or "decoder.middle.0.residual.0.gamma" in keys
 
 
 FAMILY = Family(

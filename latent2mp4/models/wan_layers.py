@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latent2mp4.models.layers import RMSNorm
+
 CACHE_T = 2  # frames of input history a kernel-3 causal conv keeps (diffusers' CACHE_T)
 
 
@@ -72,30 +74,6 @@ class CausalConv3d(nn.Conv3d):
         buf, room = self.padded(x, state)
         room.copy_(x)
         return self.run(buf, state)
-
-
-class RMSNorm(nn.Module):
-    """L2 norm over channels times sqrt(C) and `gamma` (diffusers `WanRMS_norm`, no bias).
-
-    `images` only selects the stored `gamma` shape, `(C, 1, 1)` versus `(C, 1, 1, 1)`, to match
-    the checkpoint; any input with channels on dim 1 is accepted.
-    """
-
-    def __init__(self, dim: int, images: bool = False) -> None:
-        super().__init__()
-        self.scale = dim**0.5
-        self.gamma = nn.Parameter(torch.ones(dim, *(1,) * (2 if images else 3)))
-
-    def forward(self, x: Tensor, silu: bool = False, out: Tensor | None = None) -> Tensor:
-        """`silu` fuses the activation that follows every norm in a residual block; `out`
-        receives the result (a causal conv's `padded` room)."""
-        # One reduction over channels (accumulated in fp32 even for half inputs), then two
-        # in-place passes over x instead of normalize/cast/scale/gamma copies of the full tensor.
-        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True).float()
-        inv = (self.scale / norm.clamp_min_(1e-12)).to(x.dtype)
-        y = torch.mul(x, inv, out=out) if out is not None else x * inv
-        y.mul_(self.gamma.view(-1, *(1,) * (x.ndim - 2)))
-        return F.silu(y, inplace=True) if silu else y
 
 
 def norm_silu_conv(norm: RMSNorm, conv: CausalConv3d, x: Tensor, state: WanState) -> Tensor:
