@@ -157,6 +157,18 @@ def decode(
     tile_size: Annotated[int | None, Opt(help="Spatial tile size in output pixels.")] = None,
     tile_stride: Annotated[int | None, Opt(help="Spatial tile stride in output pixels.")] = None,
     no_tile: Annotated[bool, Opt("--no-tile", help="Never tile spatially.")] = False,
+    num_frames: Annotated[
+        int | None, Opt(help="Packed LTX latents: the generation's frame count.")
+    ] = None,
+    height: Annotated[int | None, Opt(help="Packed LTX latents: the generation's height.")] = None,
+    width: Annotated[int | None, Opt(help="Packed LTX latents: the generation's width.")] = None,
+    decode_timestep: Annotated[
+        float | None, Opt(help="Timestep-conditioned VAEs (LTX): decode timestep.")
+    ] = None,
+    decode_noise_scale: Annotated[
+        float | None, Opt(help="Decode noise mixed into the latents (default: the timestep).")
+    ] = None,
+    seed: Annotated[int, Opt(help="Decode noise seed.")] = 0,
     codec: Annotated[
         str, Opt(help="h264, h265, vp9, av1, prores, ffv1 or an ffmpeg encoder.")
     ] = "h264",
@@ -226,6 +238,12 @@ def decode(
         no_audio=no_audio,
         audio_codec=audio_codec,
         audio_bitrate=audio_bitrate,
+        num_frames=num_frames,
+        height=height,
+        width=width,
+        decode_timestep=decode_timestep,
+        decode_noise_scale=decode_noise_scale,
+        seed=seed,
     )
     with _errors("collecting the inputs", verbose):
         items = collect_inputs(inputs, recursive)

@@ -20,7 +20,7 @@ from torch import Tensor
 from latent2mp4 import __version__
 from latent2mp4.audio import AudioModels, audio_loader, audio_track
 from latent2mp4.device import pick_device, pick_dtype
-from latent2mp4.engine import decode_stream
+from latent2mp4.engine import StreamDecoder, decode_stream
 from latent2mp4.errors import DecodeError, UsageError
 from latent2mp4.frames import prefetch, to_frames
 from latent2mp4.latents import (
@@ -31,6 +31,7 @@ from latent2mp4.latents import (
     normalise,
 )
 from latent2mp4.memory import return_large_buffers_to_the_os
+from latent2mp4.models.family import Conditioning, NoiseMix
 from latent2mp4.models.preview import PreviewDecoder
 from latent2mp4.models.taehv import load_tiny
 from latent2mp4.pipeline import (
@@ -45,11 +46,12 @@ from latent2mp4.pipeline import (
     plan,
     plan_latents,
     skipped,
+    timestep_settings,
     validate,
 )
 from latent2mp4.presets import Preset
 from latent2mp4.video import write_video
-from latent2mp4.weights import load_vae, resolve_vae
+from latent2mp4.weights import LoadedVae, load_vae, resolve_vae
 
 if TYPE_CHECKING:
     from latent2mp4.models.family import StreamModule
@@ -78,14 +80,21 @@ class _LatentReader:
     """One video's latents as the engine's `LatentSource`: each time range is read from where
     it is stored, moved to the device and brought into the decoder's input space there."""
 
-    def __init__(self, job: Job, video: Video, prepare: Callable[[Tensor], Tensor]) -> None:
-        self.job, self.video, self.prepare = job, video, prepare
+    def __init__(
+        self,
+        job: Job,
+        video: Video,
+        prepare: Callable[[Tensor], Tensor],
+        mix: NoiseMix | None = None,
+    ) -> None:
+        self.job, self.video, self.prepare, self.mix = job, video, prepare, mix
         s, b, c, t, h, w = job.view.shape
         self.shape = (1, c, t, h, w)
 
     def read(self, start: int, stop: int) -> Tensor:
         raw = self.job.view.read(self.video.pos, self.video.batch, start, stop)
-        return self.prepare(raw)
+        z = self.prepare(raw)
+        return z if self.mix is None else self.mix(z, start, stop)
 
 
 class Decoder:
@@ -107,6 +116,8 @@ class Decoder:
         self.kind = options.decoder
         self._lock = threading.Lock()
         self.audio: Callable[[], AudioModels] | None = None  # loads on first audio latents
+        self._condition: Callable[[int, tuple[int, ...]], Conditioning] | None = None
+        self.notes: tuple[str, ...] = ()  # said with every video (timestep conditioning)
         if options.decoder == "preview":
             self.module = cast("StreamModule", PreviewDecoder(preset).to(self.device))
             self.dtype = torch.float32
@@ -123,6 +134,7 @@ class Decoder:
         self.normalization = preset.normalization.with_values_of(loaded.normalization)
         self.description = loaded.description
         self.audio = audio_loader(options, preset, self.device)
+        self._condition, self.notes = _conditioning(options, preset, loaded)
 
     # ---- the Python API --------------------------------------------------------------------
 
@@ -236,9 +248,13 @@ class Decoder:
     def stream(self, job: Job, video: Video) -> Iterator[Tensor]:
         """Pixel chunks `(1, 3, f, H, W)` in [-1, 1] of one video of `job`, in time order."""
         prepare = self._input_space(job.space)
+        module: StreamDecoder = self.module
+        mix = None
+        if self._condition is not None:
+            module, mix = self._condition(video.batch, _LatentReader(job, video, prepare).shape)
         yield from decode_stream(
-            self.module,
-            _LatentReader(job, video, prepare),
+            module,
+            _LatentReader(job, video, prepare, mix),
             job.grid,
             self.device,
             self.dtype,
@@ -296,7 +312,7 @@ class Decoder:
             job.fps,
             time.perf_counter() - start,
             False,
-            job.notes + audio_notes + (padded if info.padded else ()),
+            job.notes + self.notes + audio_notes + (padded if info.padded else ()),
             audio,
         )
 
@@ -329,6 +345,34 @@ class Decoder:
             f"Decoder({self.preset.name}, {self.kind}, {self.description}, "
             f"{self.device}, {str(self.dtype).removeprefix('torch.')})"
         )
+
+
+def _conditioning(
+    opts: DecodeOptions, preset: Preset, loaded: LoadedVae
+) -> tuple[Callable[[int, tuple[int, ...]], Conditioning] | None, tuple[str, ...]]:
+    """A timestep-conditioned VAE's binding per video (batch index, latent shape) and a note
+    with the settings; a note that the settings are ignored for other VAEs when asked for."""
+    hook = loaded.family.condition
+    settings, origin = timestep_settings(opts, preset)
+    if hook is None or hook(loaded.decoder, settings, 0, (1, 1, 1, 1, 1)) is None:
+        asked = opts.decode_timestep is not None or opts.decode_noise_scale is not None
+        note = (
+            "this VAE has no timestep conditioning: "
+            "--decode-timestep/--decode-noise-scale/--seed ignored"
+        )
+        return None, (note,) if asked else ()
+
+    def condition(batch: int, shape: tuple[int, ...]) -> Conditioning:
+        assert hook is not None
+        bound = hook(loaded.decoder, settings, batch, shape)
+        assert bound is not None
+        return bound
+
+    note = (
+        f"decode timestep {settings.timestep:g}, noise scale {settings.noise_scale:g}, "
+        f"seed {settings.seed} ({origin})"
+    )
+    return condition, (note,)
 
 
 def _count(frames: Iterable[np.ndarray], progress: ProgressFn | None) -> Iterator[np.ndarray]:

@@ -26,6 +26,7 @@ class Chunk:
     start: int
     stop: int
     drop: int = 0  # leading decoded frames discarded (a temporal tile's image-like first frame)
+    trim: int = 0  # trailing decoded frames discarded (LTX's framewise tiles)
     blend: int = 0  # leading frames cross-faded with the previous chunk's trailing frames
     emit: int | None = None  # frames passed on; the rest only feeds the next chunk's blend
 
@@ -210,7 +211,7 @@ def decode_stream(
                 x = _decode_tiled(decoder, part, grid, states, up)
             else:
                 x = decoder.decode_chunk(part, states[0])
-            x = x[:, :, chunk.drop :]
+            x = x[:, :, chunk.drop : x.shape[2] - chunk.trim]
             if prev is not None and chunk.blend:
                 blend(prev, x, chunk.blend, dim=2)
             prev = x if chunk.blend or chunk.emit is not None else None

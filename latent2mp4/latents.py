@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +20,7 @@ from torch import Tensor
 
 from latent2mp4.arrays import StoredArray, count_nonfinite, dtype_name, in_memory, open_arrays
 from latent2mp4.errors import InputError, UsageError
+from latent2mp4.packed import VideoSize, unpack
 from latent2mp4.presets import LAYOUT_AXES, Normalization, Preset
 
 LatentSpace = Literal["model", "vae", "auto"]
@@ -73,6 +74,13 @@ class LatentFile:
     @property
     def meta_latent_space(self) -> str | None:
         return self.metadata.get(META_PREFIX + "latent_space")
+
+    @property
+    def meta_size(self) -> VideoSize:
+        """The generation size `save_latents` recorded (packed LTX latents need it)."""
+        got = [self.metadata.get(META_PREFIX + k) for k in ("num_frames", "height", "width")]
+        n, h, w = (int(v) if v else None for v in got)
+        return VideoSize(n, h, w)
 
 
 def list_tensors(path: Path) -> tuple[dict[str, tuple[str, list[int]]], dict[str, str]]:
@@ -223,15 +231,30 @@ def parse_index(spec: str | int, steps: int) -> list[int]:
 
 
 def select_video(
-    lf: LatentFile, preset: Preset, layout: str | None = None, index: str | int = -1
+    lf: LatentFile,
+    preset: Preset,
+    layout: str | None = None,
+    index: str | int = -1,
+    size: VideoSize | None = None,
 ) -> Selection:
     """Validate the stored array and view it as `(S, B, C, T, h, w)`.
 
     4-D arrays get a batch axis; 6-D arrays have a leading trajectory axis whose steps are
     chosen by `index` (see `parse_index`). Shape and dtype come from the header; the values are
-    scanned for NaN/Inf a slice at a time.
+    scanned for NaN/Inf a slice at a time. 3-D arrays of a packing preset are token sequences
+    `(B, F*H*W, C)` (a few MB), read and unpacked with `size` (flags) or else the file's
+    recorded size.
     """
-    shape, path, notes = tuple(lf.array.shape), lf.path, []
+    path, notes = lf.path, []
+    if len(lf.array.shape) == 3 and preset.packed and lf.array.dtype in FLOAT_DTYPES:
+        given = size if size is not None and size.complete else lf.meta_size
+        unpacked = unpack(lf.tensor, given, preset, str(path))
+        origin = "flags" if given is size else "file metadata"
+        notes.append(
+            f"unpacked tokens {tuple(lf.array.shape)} to {tuple(unpacked.shape)} ({origin})"
+        )
+        lf = replace(lf, array=in_memory(unpacked.contiguous()))
+    shape = tuple(lf.array.shape)
     steps: tuple[int | None, ...] = (None,)
     stored: tuple[int, ...] = ()
     full: tuple[int, ...]
@@ -307,14 +330,23 @@ def channel_hint(channels: int, preset: Preset) -> str:
     return f"latents have {channels} channels; --model {preset.name} expects {expected}{hint}"
 
 
-def resolve_latent_space(lf: LatentFile, requested: LatentSpace) -> tuple[str, str]:
+def resolve_latent_space(
+    lf: LatentFile, requested: LatentSpace, preset: Preset | None = None
+) -> tuple[str, str]:
     """The latent space to assume and why, as (space, reason)."""
     if requested != "auto":
         return requested, "--latent-space"
     if lf.meta_latent_space in ("model", "vae"):
         return lf.meta_latent_space, "file metadata"
     if lf.comfy:
-        return "vae", "ComfyUI .latent file"
+        if preset is None or preset.comfy_latent_space == "vae":
+            return "vae", "ComfyUI .latent file"
+        return (
+            "model",
+            f"ComfyUI .latent file ({preset.name}: ComfyUI's VAE un-normalises internally)",
+        )
+    if preset is not None and preset.pipeline_latent_space == "vae":
+        return "vae", f"the {preset.name} pipeline's output_type='latent' is de-normalised"
     return "model", "default for diffusers/original pipeline latents"
 
 
@@ -329,9 +361,10 @@ def denormalise(z: Tensor, norm: Normalization, dtype: torch.dtype = torch.float
     """Model space → VAE space, with the reference pipelines' arithmetic in `dtype`.
 
     Wan divides by the reciprocal of std (pipeline_wan.py), Cosmos-Predict2 multiplies by std and
-    divides by sigma_data (pipeline_cosmos2_video2world.py), Mochi multiplies by std and divides by
-    the scaling factor (pipeline_mochi.py); HunyuanVideo and CogVideoX divide by the scaling factor
-    (and the Tencent HunyuanVideo 1.5 pipeline adds a shift factor where set).
+    divides by sigma_data (pipeline_cosmos2_video2world.py), Mochi and LTX multiply by std and
+    divide by the scaling factor (pipeline_mochi.py, pipeline_ltx.py); HunyuanVideo and CogVideoX
+    divide by the scaling factor (and the Tencent HunyuanVideo 1.5 pipeline adds a shift factor
+    where set).
     """
     z = z.to(dtype)
     if norm.mean is None:
@@ -365,10 +398,14 @@ def save_latents(
     latent_space: Literal["model", "vae"] = "model",
     key: str = "latents",
     extra: dict[str, str] | None = None,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
 ) -> Path:
     """Write latents to a safetensors file whose header says how to decode them.
 
-    `latent2mp4 decode FILE` then needs no --model/--fps/--latent-space flags.
+    `latent2mp4 decode FILE` then needs no --model/--fps/--latent-space flags; packed LTX tokens
+    also need the generation's `num_frames`, `height` and `width` (the pipeline's arguments).
     """
     if latent_space not in ("model", "vae"):
         raise UsageError(f"latent_space must be 'model' or 'vae', not {latent_space!r}")
@@ -379,6 +416,9 @@ def save_latents(
         meta[META_PREFIX + "fps"] = str(fps)
     if extra:
         meta[META_PREFIX + "extra"] = json.dumps(extra)
+    for name, value in (("num_frames", num_frames), ("height", height), ("width", width)):
+        if value is not None:
+            meta[META_PREFIX + name] = str(int(value))
     path = Path(path)
     save_file({key: tensor.detach().contiguous().cpu()}, str(path), metadata=meta)
     return path

@@ -100,6 +100,12 @@ def chunk_frames(
     as far as free memory allows; a large frame is busy enough alone and grouping would only
     multiply the memory it takes.
     """
+    if preset.whole_clip:
+        # A non-causal decoder's result depends on the split: the whole clip in one call when it
+        # fits, else the family's temporal tiles. The estimate covers `chunk_frames` output frames.
+        per_latent = estimate(preset, h, w, dtype, grid).bytes * preset.temporal_ratio
+        per_latent //= max(preset.chunk_frames, 1)
+        return max(1, int(available_bytes(device) * BUDGET_SHARE) // max(per_latent, 1))
     if device.type != "cuda":
         return 1
     r = preset.spatial_ratio

@@ -25,7 +25,9 @@ from latent2mp4.latents import (
     select_video,
 )
 from latent2mp4.memory import chunk_frames, return_large_buffers_to_the_os
+from latent2mp4.models.family import TimestepSettings
 from latent2mp4.models.taehv import TINY_BYTES_PER_PIXEL, download_hint
+from latent2mp4.packed import VideoSize
 from latent2mp4.presets import Preset, builtin_presets, load_preset
 from latent2mp4.tiling import choose_grid, tile_grid
 from latent2mp4.video import EncodeOptions, check_output
@@ -69,6 +71,15 @@ class DecodeOptions:
     no_audio: bool = False
     audio_codec: str | None = None  # None: AAC, FLAC with --lossless, Opus in WebM
     audio_bitrate: str | None = None  # None: 192k for lossy codecs
+    # Packed LTX tokens: the generation's size (the pipeline's argument names); None: metadata
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    # Timestep-conditioned decoders (LTX 0.9.1, 0.9.5+): None takes the preset's default; the
+    # noise scale defaults to the timestep when only that is given, as the pipelines do
+    decode_timestep: float | None = None
+    decode_noise_scale: float | None = None
+    seed: int = 0  # decode noise seed (batch element b uses seed + b)
 
 
 @dataclass(frozen=True)
@@ -207,8 +218,9 @@ def plan_latents(lf: LatentFile, opts: DecodeOptions, root: Path | None = None) 
     return_large_buffers_to_the_os()  # before the first large buffer: the NaN/Inf scan's
     path = lf.path
     preset = pick_preset(opts, lf)
-    sel = select_video(lf, preset, opts.layout, opts.index)
-    space, why = resolve_latent_space(lf, opts.latent_space)
+    size = VideoSize(opts.num_frames, opts.height, opts.width)
+    sel = select_video(lf, preset, opts.layout, opts.index, size)
+    space, why = resolve_latent_space(lf, opts.latent_space, preset)
     fps = opts.fps or lf.meta_fps or preset.fps
     suffix = encode_options(opts, fps, {}).default_suffix()
     videos = plan_videos(path, opts, sel.steps, sel.view.shape[1], suffix, root)
@@ -243,6 +255,20 @@ def plan_latents(lf: LatentFile, opts: DecodeOptions, root: Path | None = None) 
     per_call = chunk_frames(preset, lh, lw, dtype, grid, device)
     audio, audio_notes = plan_audio(path, preset, opts, sel.view.shape[1])
     return Job(lf, preset, sel.view, space, videos, fps, notes + audio_notes, grid, per_call, audio)
+
+
+def timestep_settings(opts: DecodeOptions, preset: Preset) -> tuple[TimestepSettings, str]:
+    """The decode timestep, noise scale and seed to use, and where they came from."""
+    if opts.decode_timestep is not None:
+        t, origin = opts.decode_timestep, "--decode-timestep"
+        noise = opts.decode_noise_scale if opts.decode_noise_scale is not None else t
+    else:
+        t, origin = preset.decode_timestep, f"{preset.name} preset"
+        if opts.decode_noise_scale is not None:
+            noise = opts.decode_noise_scale
+        else:
+            noise = preset.decode_noise_scale if preset.decode_noise_scale is not None else t
+    return TimestepSettings(t, noise, opts.seed), origin
 
 
 def skipped(job: Job, out: Path) -> VideoResult:

@@ -151,6 +151,16 @@ class Preset:
     chunk_frames: int = 4  # output frames decoded at once (a time chunk)
     front_pad_multiple: int = 1  # the pipeline pads latent frames at the front to this multiple
     tiny: Tiny | None = None  # the published tiny decoder, if any
+    # Non-causal in time: one chunk is the whole clip when memory allows (memory.chunk_frames)
+    whole_clip: bool = False
+    # What `--latent-space auto` assumes for files that do not say: the diffusers pipeline's
+    # output_type="latent" space, and ComfyUI's .latent space.
+    pipeline_latent_space: str = "model"
+    comfy_latent_space: str = "vae"
+    # The pipeline returns packed tokens (B, F*H*W, C) that --num-frames/--height/--width unpack
+    packed: bool = False
+    decode_timestep: float = 0.0  # timestep-conditioned decoders only
+    decode_noise_scale: float | None = None  # None: equal to the timestep
     source: str = ""
     audio: AudioPreset | None = None  # the model generates sound too
 
@@ -202,6 +212,12 @@ class Preset:
                 chunk_frames=int(d.get("memory", {}).get("chunk_frames", 4)),
                 front_pad_multiple=int(d.get("front_pad_multiple", 1)),
                 tiny=Tiny(str(d["tiny"]["file"]), str(d["tiny"]["url"])) if "tiny" in d else None,
+                whole_clip=bool(d.get("memory", {}).get("whole_clip", False)),
+                pipeline_latent_space=str(d.get("latent_space", {}).get("pipeline", "model")),
+                comfy_latent_space=str(d.get("latent_space", {}).get("comfyui", "vae")),
+                packed=bool(d.get("packed", False)),
+                decode_timestep=float(d.get("decode", {}).get("timestep", 0.0)),
+                decode_noise_scale=_optional_float(d.get("decode", {}).get("noise_scale")),
                 source=str(path),
                 audio=AudioPreset.from_mapping(d["audio"]) if "audio" in d else None,
             )
@@ -238,6 +254,13 @@ class Preset:
             raise UsageError(f"{where}: dtype must be auto, fp32, bf16 or fp16")
         if self.fps <= 0:
             raise UsageError(f"{where}: fps must be positive")
+        for space in (self.pipeline_latent_space, self.comfy_latent_space):
+            if space not in ("model", "vae"):
+                raise UsageError(f"{where}: latent_space entries must be model or vae")
+
+
+def _optional_float(v: Any) -> float | None:
+    return None if v is None else float(v)
 
 
 def _pair(v: int | list[int]) -> tuple[int, int]:

@@ -43,7 +43,7 @@ class VaeSource:
 class LoadedVae:
     decoder: StreamModule
     family: Family
-    normalization: Normalization | None  # from config.json; overrides the preset's
+    normalization: Normalization | None  # from the weights or config.json; overrides the preset's
     description: str
 
 
@@ -446,6 +446,8 @@ def load_vae(
         # Family.build makes the family's StreamDecoder (typed as a plain nn.Module there).
         decoder=cast("StreamModule", decoder),
         family=family,
-        normalization=normalization,
+        normalization=(
+            family.normalization(decoder) if family.normalization is not None else normalization
+        ),
         description=where,
     )

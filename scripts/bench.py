@@ -82,6 +82,7 @@ class Family:
     tiny_size: tuple[int, int, int]
     config: dict[str, Any] = field(default_factory=dict)  # real size: constructor defaults + this
     scale_frames: tuple[int, ...] = SCALE_FRAMES  # latent frames of --mode scale
+    options: dict[str, Any] = field(default_factory=dict)  # extra DecodeOptions for ours
 
 
 # fmt: off
@@ -101,6 +102,25 @@ FAMILIES = {
     # 16×16 latents: 256×256 output (16× spatial compression), as wan2.2
     "hunyuan1.5": Family("hunyuan1.5", "AutoencoderKLHunyuanVideo15", (5, 16, 16),
                          ("tiny_hunyuan15", "tiny"), (3, 4, 4)),
+    # LTX-Video 0.9.5 (diffusers' conversion config for the 0.9.5 release): timestep-conditioned,
+    # decoded at timestep 0.05 without decode noise on both sides so the outputs compare.
+    "ltx": Family("ltx", "AutoencoderKLLTXVideo", (5, 16, 16), ("tiny_ltx", "v095"), (3, 2, 3),
+                  dict(block_out_channels=(128, 256, 512, 1024, 2048),
+                       down_block_types=("LTXVideo095DownBlock3D",) * 4,
+                       layers_per_block=(4, 6, 6, 2, 2),
+                       spatio_temporal_scaling=(True, True, True, True),
+                       downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
+                       decoder_block_out_channels=(256, 512, 1024),
+                       decoder_layers_per_block=(5, 5, 5, 5),
+                       decoder_spatio_temporal_scaling=(True, True, True),
+                       decoder_inject_noise=(False, False, False, False),
+                       upsample_residual=(True, True, True), upsample_factor=(2, 2, 2),
+                       timestep_conditioning=True, spatial_compression_ratio=32,
+                       temporal_compression_ratio=8),
+                  dict(decode_timestep=0.05, decode_noise_scale=0.0)),
+    "ltx2": Family("ltx2", "AutoencoderKLLTX2Video", (5, 16, 16), ("tiny_ltx", "ltx2"), (3, 2, 3),
+                   dict(spatial_compression_ratio=32, temporal_compression_ratio=8),
+                   dict(latent_space="model")),
 }
 # fmt: on
 
@@ -213,7 +233,7 @@ def child(a: argparse.Namespace) -> None:
 
         opts = DecodeOptions(model=fam.preset, vae=a.vae, out=a.out, device=a.device, dtype=a.dtype,
                              overwrite=True, lossless=a.frames_npy is not None,
-                             decoder=a.decoder)  # fmt: skip
+                             decoder=a.decoder, **fam.options)  # fmt: skip
         start = time.perf_counter()
         if a.time_plan:  # validation alone: header, layout, streamed NaN/Inf scan
             plan(Path(a.latents), opts)
@@ -248,10 +268,17 @@ def child(a: argparse.Namespace) -> None:
             z = z * std / cfg.scaling_factor + mean
         elif fam.cls == "AutoencoderKLCogVideoX":  # CogVideoXPipeline.decode_latents
             z = 1 / cfg.scaling_factor * z.permute(0, 2, 1, 3, 4)
-        else:  # HunyuanVideoPipeline, HunyuanVideo15Pipeline
+        elif fam.cls.startswith("AutoencoderKLLTX"):  # LTXPipeline / LTX2Pipeline
+            mean = vae.latents_mean.view(1, -1, 1, 1, 1).to(z)
+            std = vae.latents_std.view(1, -1, 1, 1, 1).to(z)
+            z = z * std / cfg.scaling_factor + mean
+        else:  # HunyuanVideoPipeline
             z = z / cfg.scaling_factor
+        temb = None
+        if getattr(cfg, "timestep_conditioning", False):
+            temb = torch.full((z.shape[0],), fam.options["decode_timestep"]).to(z)
         with torch.no_grad():
-            video = vae.decode(z).sample
+            video = vae.decode(z, temb).sample if temb is not None else vae.decode(z).sample
         video = VideoProcessor(vae_scale_factor=8).postprocess_video(video, output_type="np")[0]
         export_to_video(video, str(a.out), fps=fps)
         wall = time.perf_counter() - start

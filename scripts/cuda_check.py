@@ -6,6 +6,8 @@ For every family (the tests' tiny random configs, saved with `save_pretrained`):
 - fp32 on CUDA against diffusers' `decode()` on CUDA, untiled and tiled: max abs difference;
 - Wan, Mochi, HunyuanVideo 1.5: several latent frames per call (the CUDA path) against one frame
   per call: max abs;
+- LTX (0.9.0, timestep-conditioned 0.9.5 at noise 0, LTX-2): also diffusers' framewise decoding
+  against our temporal tiles;
 - `decode_file(device="cuda", lossless=True)` end to end: frames against the diffusers
   pipeline's, in LSB;
 - bf16 on CUDA against our fp32: PSNR.
@@ -34,12 +36,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 from latent2mp4 import DecodeOptions, decode_file, load_preset, save_latents  # noqa: E402
 from latent2mp4.audio import load_audio  # noqa: E402
 from latent2mp4.engine import TileGrid, decode_stream  # noqa: E402
+from latent2mp4.models.ltx_layers import Conditioned  # noqa: E402
 from latent2mp4.video import read_video  # noqa: E402
 from latent2mp4.weights import load_vae, resolve_vae  # noqa: E402
 
 from tiny_cogvideox import make_tiny_cogvideox  # noqa: E402
 from tiny_hunyuan import make_tiny_hunyuan  # noqa: E402
 from tiny_hunyuan15 import make_tiny_hunyuan15  # noqa: E402
+from tiny_ltx import make_tiny_ltx  # noqa: E402
 from tiny_ltx2_audio import make_tiny_audio_vae, make_tiny_vocoder  # noqa: E402
 from tiny_mochi import make_tiny_mochi  # noqa: E402
 from tiny_wan import make_tiny_wan  # noqa: E402
@@ -72,7 +76,11 @@ CASES: list[tuple[str, Callable[..., Any], str, int, int, int, dict[str, float]]
         {"tile_overlap_factor_height": 1 / 4, "tile_overlap_factor_width": 1 / 4},
     ),
     ("mochi", make_tiny_mochi, "tiny", 12, 8, 4, {}),
+    ("ltx", make_tiny_ltx, "v090", 128, 32, 3, {}),
+    ("ltx", make_tiny_ltx, "v095", 128, 32, 3, {}),
+    ("ltx2", make_tiny_ltx, "ltx2", 128, 32, 3, {}),
 ]
+TIMESTEP = 0.05  # decode timestep of the conditioned LTX case (noise 0: deterministic)
 
 
 def vae_space(vae: Any, z: torch.Tensor) -> torch.Tensor:
@@ -86,7 +94,20 @@ def vae_space(vae: Any, z: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
         std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
         return z * std / cfg.scaling_factor + mean
+    if type(vae).__name__.startswith("AutoencoderKLLTX"):
+        mean = vae.latents_mean.float().cpu().view(1, -1, 1, 1, 1)
+        std = vae.latents_std.float().cpu().view(1, -1, 1, 1, 1)
+        return z * std / cfg.scaling_factor + mean
     return z / cfg.scaling_factor
+
+
+def reference(vae: Any, zv: torch.Tensor) -> torch.Tensor:
+    """diffusers' `decode` on CUDA; LTX's conditioned VAEs get the decode timestep."""
+    with torch.no_grad():
+        if getattr(vae.config, "timestep_conditioning", False):
+            temb = torch.full((zv.shape[0],), TIMESTEP, device=CUDA)
+            return vae.decode(zv.to(CUDA), temb).sample.float()
+        return vae.decode(zv.to(CUDA)).sample.float()
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -96,7 +117,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def ours(folder: Path, model: str, z: torch.Tensor, dtype: torch.dtype, **kw: Any) -> torch.Tensor:
     preset = load_preset(model)
-    dec = load_vae(resolve_vae(str(folder), preset), preset, CUDA, dtype).decoder
+    dec: Any = load_vae(resolve_vae(str(folder), preset), preset, CUDA, dtype).decoder
+    if getattr(getattr(dec, "layout", None), "conditioned", False):
+        dec = Conditioned(dec, TIMESTEP, 0)
     with torch.inference_mode():
         return torch.cat(list(decode_stream(dec, z, device=CUDA, dtype=dtype, **kw)), dim=2)
 
@@ -120,7 +143,8 @@ def main() -> int:
             folder = Path(tmp) / "vae"
             vae = make(folder, variant).to(CUDA)
             g = torch.Generator().manual_seed(0)
-            z = torch.randn(1, channels, frames, 8, 7, generator=g)
+            # LTX-2 reflect-pads: keep every tile at least 2 latents wide, as diffusers needs.
+            z = torch.randn(1, channels, frames, 8, 8 if ratio == 32 else 7, generator=g)
             zv = vae_space(vae, z)
             px = 4 * ratio  # 4-latent tiles every 3: several tiles and blends on 8x7 latents
             for tiled in (False, True):
@@ -135,13 +159,20 @@ def main() -> int:
                     )  # fmt: skip
                 else:
                     vae.disable_tiling()
-                with torch.no_grad():
-                    ref = vae.decode(zv.to(CUDA)).sample.float()
-                got = ours(folder, model, zv, torch.float32, grid=grid)
+                ref = reference(vae, zv)
+                whole = {"max_chunk_frames": 1000} if model.startswith("ltx") else {}
+                got = ours(folder, model, zv, torch.float32, grid=grid, **whole)
                 diff = (got - ref).abs().max().item()
                 report(f"{model} fp32 cuda {'tiled' if tiled else 'whole'} max abs", diff,
                        diff <= PARITY)  # fmt: skip
             vae.disable_tiling()
+            if model.startswith("ltx"):
+                vae.use_framewise_decoding = True
+                ref = reference(vae, zv)
+                vae.use_framewise_decoding = False
+                got = ours(folder, model, zv, torch.float32, max_chunk_frames=1)
+                diff = (got - ref).abs().max().item()
+                report(f"{model} {variant} framewise max abs", diff, diff <= PARITY)
             if model.startswith("wan") or model in ("mochi", "hunyuan1.5"):
                 one = ours(folder, model, zv, torch.float32, max_chunk_frames=1)
                 many = ours(folder, model, zv, torch.float32, max_chunk_frames=4)
@@ -152,19 +183,20 @@ def main() -> int:
             stored = z.permute(0, 2, 1, 3, 4).contiguous() if model.startswith("cog") else z
             save_latents(src, stored, model=model, latent_space="model")
             out = Path(tmp) / "out.mkv"
+            ltx = dict(decode_timestep=TIMESTEP, decode_noise_scale=0.0) if model == "ltx" else {}
             opts = DecodeOptions(vae=str(folder), device="cuda", dtype="fp32", lossless=True,
-                                 no_tile=True, out=out)  # fmt: skip
+                                 no_tile=True, out=out, **ltx)  # fmt: skip
             decode_file(src, opts)
             frames_out = read_video(out)[0]
-            with torch.no_grad():
-                video = vae.decode(zv.to(CUDA)).sample.float().cpu()
+            video = reference(vae, zv).cpu()
             expected = (video / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 3, 0).numpy() * 255
             expected = expected.round().astype(np.uint8)
             lsb = int(np.abs(frames_out.astype(int) - expected.astype(int)).max())
             report(f"{model} decode_file cuda lossless vs pipeline frames", lsb, lsb <= 1, " LSB")
             bf16 = Path(tmp) / "bf16.mkv"
             decode_file(src, DecodeOptions(vae=str(folder), device="cuda", dtype="bf16",
-                                           lossless=True, no_tile=True, out=bf16))  # fmt: skip
+                                           lossless=True, no_tile=True, out=bf16,
+                                           **ltx))  # fmt: skip
             p = psnr(read_video(bf16)[0], frames_out)
             report(f"{model} bf16 cuda vs our fp32 PSNR", p, p >= 30, " dB")
     tiny_checks(report)

@@ -12,6 +12,8 @@ FAMILY_MODULES = {
     "cogvideox": "latent2mp4.models.cogvideox",
     "mochi": "latent2mp4.models.mochi",
     "hunyuan1.5": "latent2mp4.models.hunyuan15",
+    "ltx": "latent2mp4.models.ltx",
+    "ltx2": "latent2mp4.models.ltx2",
 }
 
 

@@ -11,12 +11,29 @@ from torch import nn
 Shapes = Mapping[str, tuple[int, ...]]
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from latent2mp4.engine import StreamDecoder
+    from latent2mp4.presets import Normalization
 
     class StreamModule(nn.Module, StreamDecoder):
         """A built decoder as the type checker sees it: an `nn.Module` that also implements the
         engine's `StreamDecoder`. Only for type checking; no decoder class inherits it, so the
         place that builds a decoder casts to it once."""
+
+
+@dataclass(frozen=True)
+class TimestepSettings:
+    """Decode timestep, decode noise scale and noise seed for timestep-conditioned decoders."""
+
+    timestep: float
+    noise_scale: float
+    seed: int
+
+
+# (VAE-space latent frames [start, stop), start, stop) → the same frames with decode noise
+NoiseMix = Callable[["Tensor", int, int], "Tensor"]
+Conditioning = tuple[Any, NoiseMix]  # (the bound StreamDecoder, its NoiseMix)
 
 
 @dataclass(frozen=True)
@@ -43,3 +60,13 @@ class Family:
     @property
     def config_classes(self) -> tuple[str, ...]:
         return (self.diffusers_class, *self.other_classes)
+
+    # Normalisation held in the loaded weights (LTX's latents_mean/std buffers); None: the
+    # config.json or preset one applies.
+    normalization: Callable[[nn.Module], Normalization] | None = None
+    # For timestep-conditioned decoders: (decoder, settings, batch index, latent shape
+    # (1, C, T, h, w)) → the StreamDecoder bound to the settings and a function mixing decode
+    # noise into VAE-space latent frames [start, stop); None when this VAE has no conditioning.
+    condition: (
+        Callable[[nn.Module, TimestepSettings, int, tuple[int, ...]], Conditioning | None] | None
+    ) = None
