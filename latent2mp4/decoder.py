@@ -148,6 +148,9 @@ class Decoder:
         index: str | int = -1,
         key: str | None = None,
         layout: str | None = None,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
         overwrite: bool = False,
         skip_existing: bool = False,
         codec: str = "h264",
@@ -168,6 +171,7 @@ class Decoder:
         writes bit-exact RGB; decode with `load_decoder(..., dtype="fp32")` for bit-exact values.
         A file's audio latents (presets with sound) become the audio track unless `no_audio`;
         `audio` muxes an audio file instead.
+        `num_frames`, `height`, `width`: the generation's size, to unpack LTX's packed tokens.
         """
         opts = self._options(
             out=Path(out),
@@ -176,6 +180,9 @@ class Decoder:
             index=index,
             key=key,
             layout=layout,
+            num_frames=num_frames,
+            height=height,
+            width=width,
             overwrite=overwrite,
             skip_existing=skip_existing,
             codec=codec,
@@ -198,10 +205,21 @@ class Decoder:
         index: str | int = -1,
         key: str | None = None,
         layout: str | None = None,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
     ) -> Iterator[np.ndarray]:
         """Yield the frames of one video as uint8 `(H, W, 3)` arrays, each as soon as it is
         decoded (memory stays flat whatever the length). For a batch, pass one element."""
-        opts = self._options(latent_space=latent_space, index=index, key=key, layout=layout)
+        opts = self._options(
+            latent_space=latent_space,
+            index=index,
+            key=key,
+            layout=layout,
+            num_frames=num_frames,
+            height=height,
+            width=width,
+        )
         job = self.plan(latents, opts)
         if len(job.videos) != 1:
             raise UsageError(
@@ -218,11 +236,22 @@ class Decoder:
         index: str | int = -1,
         key: str | None = None,
         layout: str | None = None,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
     ) -> Tensor:
         """The whole video as one float32 tensor `(B, 3, F, H, W)` in [-1, 1] on the decoder's
         device (one trajectory step). Memory grows with the clip: prefer `frames` or `to_video`
         for long videos."""
-        opts = self._options(latent_space=latent_space, index=index, key=key, layout=layout)
+        opts = self._options(
+            latent_space=latent_space,
+            index=index,
+            key=key,
+            layout=layout,
+            num_frames=num_frames,
+            height=height,
+            width=width,
+        )
         job = self.plan(latents, opts)
         if len({v.pos for v in job.videos}) != 1:
             raise UsageError("decode() takes one trajectory step; pick it with index=")
@@ -393,6 +422,9 @@ def load_decoder(
     tile_stride: int | None = None,
     no_tile: bool = False,
     lossless: bool = False,
+    decode_timestep: float | None = None,
+    decode_noise_scale: float | None = None,
+    seed: int = 0,
 ) -> Decoder:
     """Load a model's decoder once, to decode many latents.
 
@@ -407,6 +439,7 @@ def load_decoder(
         (weightless linear preview).
     tile_size, tile_stride, no_tile : spatial tiling in output pixels, as the CLI's options.
     lossless : with dtype "auto", decode in fp32 (for bit-exact `to_video(lossless=True)`).
+    decode_timestep, decode_noise_scale, seed : timestep-conditioned VAEs (LTX), as the CLI's.
 
     Returns
     -------
@@ -426,6 +459,9 @@ def load_decoder(
         tile_stride=tile_stride,
         no_tile=no_tile,
         lossless=lossless,
+        decode_timestep=decode_timestep,
+        decode_noise_scale=decode_noise_scale,
+        seed=seed,
     )
     if decoder not in ("vae", "preview", "tiny"):
         raise UsageError(f"decoder must be 'vae', 'tiny' or 'preview', not {decoder!r}")

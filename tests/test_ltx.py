@@ -377,3 +377,17 @@ def test_comfyui_latent_files(v090, space, tmp_path, cli) -> None:
     with torch.no_grad():
         expected = frames_of(vae.decode(zv).sample)
     check_video(tmp_path / "o.mkv", expected, f"ComfyUI .latent {space} space")
+
+
+def test_python_api_packed_and_conditioned(v095) -> None:
+    from latent2mp4 import load_decoder
+
+    vae, folder = v095
+    z = torch.randn(1, 128, 2, 2, 3, generator=torch.Generator().manual_seed(6))
+    dec = load_decoder("ltx", folder, device="cpu", dtype="fp32", decode_noise_scale=0.0)
+    got = dec.decode(pack(z), num_frames=9, height=64, width=96)
+    vae.disable_tiling()
+    vae.use_framewise_decoding = False
+    with torch.no_grad():
+        expected = vae.decode(denormalised(vae, z), torch.tensor([0.05])).sample
+    assert (got - expected).abs().max().item() <= PARITY
