@@ -18,6 +18,8 @@ FPS = {
     "sana-video": 16,
     "mochi": 30,
     "hunyuan1.5": 15,
+    "ltx": 24,
+    "ltx2": 24,
 }
 
 
@@ -47,6 +49,8 @@ def test_every_builtin_preset_loads_with_its_fps_and_shape():
         ("WAN", "wan"),
         ("mochi-1", "mochi"),
         ("hunyuanvideo1.5", "hunyuan1.5"),
+        ("ltx-video", "ltx"),
+        ("ltx-2", "ltx2"),
     ],
 )
 def test_aliases_resolve(alias, name):
