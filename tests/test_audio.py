@@ -312,3 +312,34 @@ def test_unreadable_audio_file_publishes_nothing(tmp_path, cli):
     run = cli(*args, "--audio", bad, "--no-audio")
     assert_one_line_error(run, 2, "--no-audio excludes --audio")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.wav", "z.safetensors"]
+
+
+def test_ltx2_video_and_sound_from_one_pipeline_folder(tmp_path, cli):
+    """The real `ltx2` preset: LTX2Pipeline's (video, audio) latents, both VAE space, decoded from a
+    pipeline folder (vae/, audio_vae/, vocoder/) into one file, each stream against diffusers."""
+    from tiny_ltx import make_tiny_ltx
+
+    root = tmp_path / "LTX-2"
+    vae = make_tiny_ltx(root / "vae", "ltx2", seed=6)
+    audio_vae = make_tiny_audio_vae(root / "audio_vae", seed=7)
+    vocoder = make_tiny_vocoder(root / "vocoder", seed=8)
+    g = torch.Generator().manual_seed(9)
+    video = torch.randn(1, 128, 2, 2, 3, generator=g)  # 9 frames of 64x96 at 24 fps: 0.375 s
+    audio = torch.randn(1, 4, 9, 4, generator=g)  # 4*9-3 = 33 mel frames: 0.33 s
+    save_file({"latents": video, "audio_latents": audio}, str(tmp_path / "run.safetensors"))
+    out = tmp_path / "run.mkv"
+    run = cli("decode", tmp_path / "run.safetensors", "-m", "ltx2", "--vae", root, "--lossless",
+              "-o", out)  # fmt: skip
+    assert run.exit_code == 0, run.output
+    assert "latent space: vae" in run.output  # LTX2Pipeline returns de-normalised latents
+    with torch.no_grad():
+        pixels = vae.decode(video).sample
+    expected = ((pixels / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 3, 0) * 255).round()
+    frames, fps = read_video(out)
+    assert fps == 24 and frames.shape == (9, 64, 96, 3)
+    assert np.abs(frames.astype(int) - expected.numpy().astype(int)).max() <= 1
+    got, line = read_audio(out)
+    want = reference_waveform(audio_vae, vocoder, audio)[0].T.numpy()
+    assert "24000 Hz" in line and "flac" in line
+    assert np.abs(got[: want.shape[0]] - want).max() <= READ_BACK
+    assert got.shape[0] == 9 * 24000 // 24  # the video's duration: padded with silence
