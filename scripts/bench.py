@@ -762,7 +762,8 @@ def main() -> None:
             "wall: load both models + read latents + decode to a waveform (median; imports "
             "excluded), fp32. Random weights: timing only."
         )
-    title = "full VAE vs tiny vs preview" if args.mode == "tiny" else f"vs diffusers ({args.mode})"
+    titles = {"tiny": "full VAE vs tiny vs preview", "input": "alone, reading the input included"}
+    title = titles.get(args.mode, f"vs diffusers ({args.mode})")
     md = f"## latent2mp4 {title}\n\nMachine: {desc}\n\n`{command}`\n\n"
     md += f"{table}\n\n{notes}\n"
     (workdir / f"{stem}.md").write_text(md)
