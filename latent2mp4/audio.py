@@ -37,9 +37,9 @@ from latent2mp4.weights import (
     REPO_ID,
     _diffusers_files,
     _from_hub,
-    _open_tensors,
     _read_config,
     load_strict,
+    open_tensors,
 )
 
 if TYPE_CHECKING:
@@ -186,13 +186,13 @@ def load_audio(opts: DecodeOptions, preset: Preset, device: torch.device) -> Aud
     spec = preset.audio or AudioPreset()
     vae_files, vae_cfg, vae_where = _locate(opts.audio_vae, opts.vae, spec.vae_subfolder, preset)
     voc_files, voc_cfg, voc_where = _locate(opts.vocoder, opts.vae, spec.vocoder_subfolder, preset)
-    entries = _open_tensors(vae_files)
+    entries = open_tensors(vae_files)
     cfg = _config(vae_cfg, (AUDIO_VAE_CLASS,), vae_where, AudioVaeConfig.from_diffusers)
     with torch.device("meta"):
         vae = AudioVaeDecoder(cfg or AudioVaeConfig())
     load_strict(vae, entries, audio_vae_keys(entries), vae_where, device, torch.float32)
 
-    entries = _open_tensors(voc_files)
+    entries = open_tensors(voc_files)
     mapping = vocoder_keys(entries)
     bwe = (voc_cfg or {}).get("_class_name") == "LTX2VocoderWithBWE" or any(
         k.startswith("bwe_generator.") for k in mapping.values()

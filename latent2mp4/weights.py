@@ -164,7 +164,7 @@ def _from_hub(repo: str, subfolder: str, default: bool) -> VaeSource:
 Reader = Callable[[], Tensor]
 
 
-def _open_tensors(files: tuple[Path, ...]) -> dict[str, tuple[tuple[int, ...], Reader]]:
+def open_tensors(files: tuple[Path, ...]) -> dict[str, tuple[tuple[int, ...], Reader]]:
     """Key → (shape, loader) over all files; nothing is read until a loader is called."""
     out: dict[str, tuple[tuple[int, ...], Reader]] = {}
     for path in files:
@@ -228,7 +228,7 @@ def _strip_prefix(entries: dict[str, Any]) -> dict[str, Any]:
     return entries
 
 
-def _offenders(keys: set[str]) -> str:
+def offenders(keys: set[str]) -> str:
     shown = sorted(keys)[:SHOWN_KEYS]
     more = f" (+{len(keys) - len(shown)} more)" if len(keys) > len(shown) else ""
     return ", ".join(shown) + more
@@ -269,7 +269,7 @@ def _family_for(
 def _require_decoder(keys: list[str], where: str) -> None:
     """Refuse a checkpoint with no decoder tensors at all (an encoder-only or non-VAE file)."""
     if not any(k.startswith("decoder.") or ".decoder." in k for k in keys):
-        shown = _offenders(set(keys)) if keys else "none"
+        shown = offenders(set(keys)) if keys else "none"
         raise WeightsError(
             f"{where}: holds no VAE decoder weights ({len(keys)} tensors: {shown}); "
             "pass the VAE's decoder (or whole VAE) weights"
@@ -366,16 +366,16 @@ def load_strict(
     missing, unexpected = set(expected) - set(shapes), set(shapes) - set(expected)
     if missing:
         raise WeightsError(
-            f"{where}: checkpoint lacks {len(missing)} decoder weights: {_offenders(missing)}"
+            f"{where}: checkpoint lacks {len(missing)} decoder weights: {offenders(missing)}"
         )
     if unexpected:
         raise WeightsError(
             f"{where}: checkpoint has {len(unexpected)} unexpected decoder weights: "
-            + _offenders(unexpected)
+            + offenders(unexpected)
         )
     wrong = {f"{k} {shapes[k]}≠{v}" for k, v in expected.items() if not _same_shape(shapes[k], v)}
     if wrong:
-        raise WeightsError(f"{where}: weights do not fit the config: {_offenders(wrong)}")
+        raise WeightsError(f"{where}: weights do not fit the config: {offenders(wrong)}")
     state, finite = {}, []
     for src, dst in mapping.items():
         # One tensor at a time, straight to its final device, dtype and layout, so the peak is
@@ -408,7 +408,7 @@ def load_vae(
 ) -> LoadedVae:
     """Build the preset's family decoder on `meta` and load the weights strictly onto `device`."""
     where = source.description
-    entries = _strip_prefix(_open_tensors(source.files))
+    entries = _strip_prefix(open_tensors(source.files))
     family = _family_for(list(entries), source.config, preset, where)
     normalization = _config_normalization(source, preset)
     mapping = family.rename_keys(entries)
@@ -416,7 +416,7 @@ def load_vae(
         _require_decoder(list(entries), where)
         raise WeightsError(
             f"{where}: none of its {len(entries)} tensors is a {family.name} decoder weight "
-            f"({_offenders(set(entries))})"
+            f"({offenders(set(entries))})"
         )
     shapes = {dst: entries[src][0] for src, dst in mapping.items()}
     cfg_where = source.config.get("_source", where) if source.config else where

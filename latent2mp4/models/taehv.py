@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from latent2mp4.engine import Chunk
 from latent2mp4.errors import WeightsError
 from latent2mp4.presets import Preset, builtin_presets
-from latent2mp4.weights import _offenders, _open_tensors, channels_last
+from latent2mp4.weights import channels_last, offenders, open_tensors
 
 if TYPE_CHECKING:
     from latent2mp4.models.family import StreamModule
@@ -288,10 +288,10 @@ def load_tiny(
     if not path.is_file():
         raise WeightsError(f"{spec}: no such tiny decoder file; {download_hint(preset)}")
     where = str(path)
-    entries = _open_tensors((path,))
+    entries = open_tensors((path,))
     foreign = {k for k in entries if not k.startswith(("decoder.", "encoder."))}
     if foreign or not any(k.startswith("decoder.") for k in entries):
-        found = f"unexpected tensors {_offenders(foreign)}" if foreign else "no decoder.* tensors"
+        found = f"unexpected tensors {offenders(foreign)}" if foreign else "no decoder.* tensors"
         raise WeightsError(
             f"{where}: not a taehv tiny autoencoder ({found}); {download_hint(preset)}"
         )
@@ -308,11 +308,11 @@ def load_tiny(
     wrong = {f"{k} {shapes[k]}≠{v}" for k, v in expected.items() if shapes.get(k, v) != v}
     if missing or unexpected or wrong:
         what = (
-            f"lacks {_offenders(missing)}"
+            f"lacks {offenders(missing)}"
             if missing
-            else f"has unexpected {_offenders(unexpected)}"
+            else f"has unexpected {offenders(unexpected)}"
             if unexpected
-            else f"has wrong shapes {_offenders(wrong)}"
+            else f"has wrong shapes {offenders(wrong)}"
         )
         raise WeightsError(f"{where}: the {config.describe()} {what}")
     state = {}
