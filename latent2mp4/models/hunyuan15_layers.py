@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latent2mp4.models.layers import RMSNorm
+from latent2mp4.models.layers import RMSNorm, padded_buffer
 
 HISTORY = 2  # input frames a kernel-3 causal conv needs from before the chunk
 
@@ -45,14 +45,7 @@ class CausalConv3d(nn.Module):
     def padded(self, like: Tensor) -> tuple[Tensor, Tensor]:
         """A buffer for the padded input and the view the chunk's input is written into (the
         layer before writes its output straight there); `run` fills the padding."""
-        b, c, t, h, w = like.shape
-        buf = torch.empty(
-            (b, c, t + HISTORY, h + 2, w + 2),
-            dtype=like.dtype,
-            device=like.device,
-            memory_format=torch.channels_last_3d,
-        )
-        return buf, buf[:, :, HISTORY:, 1:-1, 1:-1]
+        return padded_buffer(like, HISTORY)
 
     def run(self, buf: Tensor, state: Hunyuan15State) -> Tensor:
         """Pad a `padded` buffer whose room is filled, keep its last frames, convolve."""

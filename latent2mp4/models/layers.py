@@ -30,3 +30,20 @@ class RMSNorm(nn.Module):
         y = torch.mul(x, inv, out=out) if out is not None else x * inv
         y.mul_(self.gamma.view(-1, *(1,) * (x.ndim - 2)))
         return F.silu(y, inplace=True) if silu else y
+
+
+def padded_buffer(like: Tensor, history: int) -> tuple[Tensor, Tensor]:
+    """A channels-last buffer for a causal 3x3x3 conv's input: `history` frames in front and one
+    pixel all round, plus the view where `like`'s frames go.
+
+    The layer before writes its output straight into the view, so the padded input is never
+    built by concatenation; the caller fills the padding.
+    """
+    b, c, t, h, w = like.shape
+    buf = torch.empty(
+        (b, c, t + history, h + 2, w + 2),
+        dtype=like.dtype,
+        device=like.device,
+        memory_format=torch.channels_last_3d,
+    )
+    return buf, buf[:, :, history:, 1:-1, 1:-1]

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from latent2mp4.engine import Chunk
 from latent2mp4.models.family import Family, Shapes
+from latent2mp4.models.layers import padded_buffer
 
 GROUPS = 32  # MochiChunkedGroupNorm3D builds nn.GroupNorm with 32 groups whatever the config
 NORM_EPS = 1e-5  # nn.GroupNorm's default, which diffusers keeps
@@ -172,14 +173,7 @@ class CausalConv3d(nn.Module):
         Returns the buffer and the view to write the input into, so the layer before writes
         straight there and nothing is concatenated.
         """
-        b, c, t, h, w = like.shape
-        buf = torch.empty(
-            (b, c, t + HISTORY, h + 2, w + 2),
-            dtype=like.dtype,
-            device=like.device,
-            memory_format=torch.channels_last_3d,
-        )
-        return buf, buf[:, :, HISTORY:, 1:-1, 1:-1]
+        return padded_buffer(like, HISTORY)
 
     def run(self, buf: Tensor, state: MochiState) -> Tensor:
         """Replicate the filled room's edges, put the history in front and convolve."""
