@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 
 from latent2mp4.audio import AudioResult, AudioSource, plan_audio
-from latent2mp4.device import pick_device, pick_dtype
+from latent2mp4.device import pick_device, pick_dtype, slow_dtype_note
 from latent2mp4.engine import TileGrid
 from latent2mp4.errors import InputError, UsageError
 from latent2mp4.latents import (
@@ -252,6 +252,8 @@ def plan_latents(lf: LatentFile, opts: DecodeOptions, root: Path | None = None) 
         bytes_per_pixel=TINY_BYTES_PER_PIXEL if opts.decoder == "tiny" else None,
     )
     notes += (tiling_note,) if tiling_note else ()
+    if opts.decoder != "preview" and (slow := slow_dtype_note(dtype, device)):
+        notes += (slow,)
     per_call = chunk_frames(preset, lh, lw, dtype, grid, device)
     audio, audio_notes = plan_audio(path, preset, opts, sel.view.shape[1])
     return Job(lf, preset, sel.view, space, videos, fps, notes + audio_notes, grid, per_call, audio)

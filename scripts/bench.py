@@ -41,8 +41,11 @@ default, to stay feasible on a few cores; `--size 60,104` is 480p) and plots it 
 Audio mode times what a clip's sound adds: the LTX-2.0 audio VAE + vocoder (real-size diffusers
 defaults, seeded init) on `--seconds` of audio latents; ours: `load_audio` + `decode_waveform`;
 diffusers: `from_pretrained` of both + `audio_vae.decode` + the vocoder, as LTX2Pipeline does.
-Both fp32 (ours always decodes audio in fp32). Muxing adds an AAC encode inside the FFmpeg process
-that already receives the frames, in parallel with decoding, so it is not timed.
+Both fp32 (ours always decodes audio in fp32). Then ours runs the speed mode's LTX-2 row twice per
+repeat through a pipeline folder (vae/, audio_vae/, vocoder/): its latent file alone, and with
+`audio_latents` as long as the video; the difference is what sound adds end to end (audio VAE,
+vocoder, the temporary audio file and the AAC encode inside the FFmpeg process that receives the
+frames).
 """
 
 from __future__ import annotations
@@ -117,10 +120,10 @@ FAMILIES = {
                        upsample_residual=(True, True, True), upsample_factor=(2, 2, 2),
                        timestep_conditioning=True, spatial_compression_ratio=32,
                        temporal_compression_ratio=8),
-                  dict(decode_timestep=0.05, decode_noise_scale=0.0)),
+                  options=dict(decode_timestep=0.05, decode_noise_scale=0.0)),
     "ltx2": Family("ltx2", "AutoencoderKLLTX2Video", (5, 16, 16), ("tiny_ltx", "ltx2"), (3, 2, 3),
                    dict(spatial_compression_ratio=32, temporal_compression_ratio=8),
-                   dict(latent_space="model")),
+                   options=dict(latent_space="model")),
 }
 # fmt: on
 
@@ -427,7 +430,55 @@ def audio(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, Any]]
               both(m, "peak_rss_mib", ".0f"), f"{diff:.1e}"]]  # fmt: skip
     head = ["audio s", "samples", "wall s ours / diffusers", "peak RSS MiB ours / diffusers",
             "waveform max abs"]  # fmt: skip
-    return [row], markdown(head, cells)
+    sound, sound_table = ltx2_row_with_sound(args, workdir, models)
+    return [row, sound], markdown(head, cells) + "\n\n" + sound_table
+
+
+def ltx2_row_with_sound(args: argparse.Namespace, workdir: Path,
+                        models: Path) -> tuple[dict[str, Any], str]:  # fmt: skip
+    """Ours on the speed mode's LTX-2 row, its latent file alone and with audio latents as long
+    as the video, through a pipeline folder (vae/, audio_vae/, vocoder/): what sound adds."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from latent2mp4 import load_preset
+
+    fam = FAMILIES["ltx2"]
+    size = fam.tiny_size if args.quick else fam.size
+    video = make_latents("ltx2", args.quick, size, workdir)
+    pipeline = workdir / "models" / f"{video.stem}-pipeline"
+    if not pipeline.is_dir():
+        pipeline.mkdir(parents=True)
+        targets = {"vae": make_vae("ltx2", args.quick, workdir),
+                   "audio_vae": models / "audio_vae", "vocoder": models / "vocoder"}  # fmt: skip
+        for name, target in targets.items():
+            (pipeline / name).symlink_to(target.resolve(), target_is_directory=True)
+    preset = load_preset("ltx2")
+    seconds = preset.frames_out(size[0]) / preset.fps
+    cfg = json.loads((models / "audio_vae" / "config.json").read_text())
+    length = round(seconds * 25)  # LTX2Pipeline's rule, as in make_audio
+    both_path = video.with_name(f"{video.stem}-with-audio-{length}.safetensors")
+    if not both_path.is_file():
+        g = torch.Generator().manual_seed(1)
+        audio_z = torch.randn(1, cfg["latent_channels"], length, cfg["mel_bins"] // 4, generator=g)
+        save_file(load_file(video) | {"audio_latents": audio_z}, str(both_path))
+    runs: dict[str, list[dict[str, Any]]] = {"video": [], "video + sound": []}
+    for _ in range(args.repeats):
+        for kind, path in (("video", video), ("video + sound", both_path)):
+            runs[kind].append(run_child("ours", "ltx2", "fp32", pipeline, path, workdir,
+                                        args.device))  # fmt: skip
+    m = {k: {key: statistics.median(r[key] for r in rs) for key in ("wall_s", "peak_rss_mib")}
+         for k, rs in runs.items()}  # fmt: skip
+    extra = m["video + sound"]["wall_s"] - m["video"]["wall_s"]
+    first = runs["video"][0]
+    row = {"ltx2_row": first["video"], "audio_s": seconds, "extra_wall_s": extra, **m}
+    video, sound = m["video"], m["video + sound"]
+    cells = [[first["video"], f"{seconds:.2f}", f"{video['wall_s']:.2f}", f"{sound['wall_s']:.2f}",
+              f"{extra:+.2f} ({extra / video['wall_s'] * 100:+.1f} %)",
+              f"{video['peak_rss_mib']:.0f} / {sound['peak_rss_mib']:.0f}"]]  # fmt: skip
+    head = ["LTX-2 row, video F×H×W", "sound s", "wall s video only", "wall s video + sound",
+            "sound adds", "peak RSS MiB video only / + sound"]  # fmt: skip
+    return row, markdown(head, cells)
 
 
 # ---- the two modes (parent) -------------------------------------------------------------------

@@ -90,3 +90,15 @@ def test_several_latent_frames_per_call_only_on_cuda_for_small_frames(monkeypatc
         memory, "available_bytes", lambda device: int(3.5 * per_frame / memory.BUDGET_SHARE)
     )
     assert memory.chunk_frames(wan, 16, 16, torch.bfloat16, None, cuda) == 3  # memory decides
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_bf16_on_a_cpu_without_bf16_units_says_it_will_be_slow(tmp_path, monkeypatch, fast):
+    from latent2mp4 import device
+
+    monkeypatch.setattr(device, "fast_bf16", lambda d: fast)
+    save_file({"latents": latents((1, 16, 2, 4, 4))}, str(tmp_path / "z.safetensors"))
+    for dtype, expect in (("bf16", not fast), ("fp32", False), ("auto", False)):
+        job = plan(tmp_path / "z.safetensors", DecodeOptions(model="wan", dtype=dtype))
+        said = any("far slower than fp32" in n for n in job.notes)
+        assert said == expect, (dtype, fast, job.notes)
