@@ -25,6 +25,10 @@ MAX_CHUNK_FRAMES = 8  # latent frames per GPU decode call; more gains little
 # (fp32 9.6-9.8 s, bf16 1.3-1.4 s) while peak memory grows 4x, so smaller frames are grouped
 # up to this size and larger ones go one at a time.
 BUSY_PIXELS = 832 * 480
+# Latent positions one CPU decode call should hold. The deepest convs (1024 channels) run at a
+# third of the CPU's speed on a 16x16 latent frame alone and at full speed on 4 of them (one
+# AVX2 machine, fp32: 29 against 78 GMAC/s), so small latent frames are grouped up to this.
+CPU_BUSY_LATENT_PIXELS = 32 * 32
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 MMAP_THRESHOLD = 1 << 20
 
@@ -93,12 +97,12 @@ def estimate(
 def chunk_frames(
     preset: Preset, h: int, w: int, dtype: torch.dtype, grid: TileGrid | None, device: torch.device
 ) -> int:
-    """Latent frames per decode call: one on the CPU; on CUDA, enough to keep the GPU busy.
+    """Latent frames per decode call: enough to keep the device busy, as far as memory allows.
 
-    One frame at a time already saturates the CPU's cores. On a GPU a small frame leaves the
-    device idle between kernels, so frames are grouped up to `BUSY_PIXELS` of output each call,
-    as far as free memory allows; a large frame is busy enough alone and grouping would only
-    multiply the memory it takes.
+    A CPU is kept busy by `CPU_BUSY_LATENT_PIXELS` latent positions per call (the deepest convs
+    see that many); on a GPU a small frame leaves the device idle between kernels, so frames are
+    grouped up to `BUSY_PIXELS` of output each call. A large frame is busy enough alone and
+    grouping would only multiply the memory it takes.
     """
     if preset.whole_clip:
         # A non-causal decoder's result depends on the split: the whole clip in one call when it
@@ -106,10 +110,13 @@ def chunk_frames(
         per_latent = estimate(preset, h, w, dtype, grid).bytes * preset.temporal_ratio
         per_latent //= max(preset.chunk_frames, 1)
         return max(1, int(available_bytes(device) * BUDGET_SHARE) // max(per_latent, 1))
-    if device.type != "cuda":
+    if device.type == "cuda":
+        r = preset.spatial_ratio
+        wanted = -(-BUSY_PIXELS // (h * r * w * r))  # ceil
+    else:
+        wanted = -(-CPU_BUSY_LATENT_PIXELS // (h * w))
+    if wanted <= 1:
         return 1
-    r = preset.spatial_ratio
-    wanted = -(-BUSY_PIXELS // (h * r * w * r))  # ceil
     per_frame = estimate(preset, h, w, dtype, grid).bytes
     fit = int(available_bytes(device) * BUDGET_SHARE) // max(per_frame, 1)
     return max(1, min(MAX_CHUNK_FRAMES, wanted, fit))

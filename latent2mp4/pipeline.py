@@ -118,7 +118,7 @@ class Job:
     fps: float
     notes: tuple[str, ...]
     grid: TileGrid | None = None  # spatial tiles, when a frame does not fit in memory untiled
-    chunk_frames: int = 1  # latent frames per decode call (several on a GPU with room)
+    chunk_frames: int = 1  # latent frames per decode call (several when frames are small)
     audio: AudioSource | None = None  # every output's sound: audio latents or a file
 
     @property

@@ -93,9 +93,10 @@ def test_frames_stream_before_the_last_latent_frame_is_decoded(dec, monkeypatch)
         return original(z, state)
 
     monkeypatch.setattr(dec.module, "decode_chunk", counting)
-    frames = dec.frames(latents((1, 16, T, 4, 4)))
+    # 32x32 latent frames: large enough to be decoded one per call (small ones are grouped)
+    frames = dec.frames(latents((1, 16, T, 32, 32)))
     first = next(frames)
-    assert first.shape == (32, 32, 3) and first.dtype == np.uint8
+    assert first.shape == (256, 256, 3) and first.dtype == np.uint8
     assert len(calls) == 1 < T  # one latent frame decoded so far
     rest = list(frames)
     assert len(rest) == 4 * (T - 1) and len(calls) == T

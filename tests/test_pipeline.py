@@ -1,5 +1,6 @@
 """decode_file's plumbing: streaming into the writer, and the memory-driven tiling choice."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,8 @@ def test_frames_reach_the_writer_before_the_last_latent_frame_is_decoded(tmp_pat
     save_file({"latents": latents((1, 16, T, 4, 4))}, str(tmp_path / "z.safetensors"))
     opts = DecodeOptions(model="wan", vae=str(wan_vae), out=tmp_path / "z.mkv", lossless=True)
     job = plan(tmp_path / "z.safetensors", opts)
+    assert job.chunk_frames == 8  # 4x4 latent frames are grouped on the CPU, too small alone
+    job = dataclasses.replace(job, chunk_frames=1)  # what a large frame gets
     dec = Decoder(opts, job.preset)
     calls: list[int] = []
     original = dec.module.decode_chunk
@@ -74,14 +77,18 @@ def test_explicit_tile_size_forces_tiles(tmp_path):
     assert plan(tmp_path / "z.safetensors", DecodeOptions(model="wan", tile_size=256)).grid is None
 
 
-def test_several_latent_frames_per_call_only_on_cuda_for_small_frames(monkeypatch):
+def test_small_latent_frames_are_grouped_per_call(monkeypatch):
     from latent2mp4.presets import load_preset
 
     wan = load_preset("wan")
-    cuda = torch.device("cuda")
-    assert memory.chunk_frames(wan, 16, 16, torch.bfloat16, None, torch.device("cpu")) == 1
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
     monkeypatch.setattr(memory, "available_bytes", lambda device: 1 << 50)
-    # 128x128 frames: grouped up to BUSY_PIXELS (832x480 -> 25 frames), capped at 8 per call.
+    # CPU: up to CPU_BUSY_LATENT_PIXELS latent positions (32x32) per call.
+    assert memory.chunk_frames(wan, 16, 16, torch.float32, None, cpu) == 4
+    assert memory.chunk_frames(wan, 8, 8, torch.float32, None, cpu) == 8  # capped
+    assert memory.chunk_frames(wan, 32, 32, torch.float32, None, cpu) == 1
+    assert memory.chunk_frames(wan, 60, 104, torch.float32, None, cpu) == 1
+    # GPU: 128x128 frames grouped up to BUSY_PIXELS (832x480 -> 25 frames), capped at 8 per call.
     assert memory.chunk_frames(wan, 16, 16, torch.bfloat16, None, cuda) == 8
     assert memory.chunk_frames(wan, 30, 52, torch.bfloat16, None, cuda) == 4  # 416x240
     assert memory.chunk_frames(wan, 60, 104, torch.bfloat16, None, cuda) == 1  # 832x480 alone
@@ -90,6 +97,7 @@ def test_several_latent_frames_per_call_only_on_cuda_for_small_frames(monkeypatc
         memory, "available_bytes", lambda device: int(3.5 * per_frame / memory.BUDGET_SHARE)
     )
     assert memory.chunk_frames(wan, 16, 16, torch.bfloat16, None, cuda) == 3  # memory decides
+    assert memory.chunk_frames(wan, 16, 16, torch.bfloat16, None, cpu) == 3
 
 
 @pytest.mark.parametrize("fast", [True, False])
