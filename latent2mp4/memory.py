@@ -19,7 +19,7 @@ BUDGET_SHARE = 0.8
 # Per output pixel of a stitched chunk: its float frames, the tiles they came from, and uint8.
 STITCH_BYTES_PER_PIXEL_FRAME = 3 * 4 * 3 + 3
 PREVIEW_BYTES_PER_PIXEL = 64  # a few RGB float frames at full size
-MAX_CHUNK_FRAMES = 8  # latent frames per GPU decode call; more gains little
+MAX_CHUNK_FRAMES = 8  # latent frames per decode call; more gains little
 # Output pixels one latent frame must hold to keep a GPU busy on its own. Measured on an H100:
 # at 832x480, Wan 2.1 decodes 21 latent frames in the same time with 1, 2, 4 or 8 frames per call
 # (fp32 9.6-9.8 s, bf16 1.3-1.4 s) while peak memory grows 4x, so smaller frames are grouped

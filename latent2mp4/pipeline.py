@@ -252,7 +252,7 @@ def plan_latents(lf: LatentFile, opts: DecodeOptions, root: Path | None = None) 
         bytes_per_pixel=TINY_BYTES_PER_PIXEL if opts.decoder == "tiny" else None,
     )
     notes += (tiling_note,) if tiling_note else ()
-    if opts.decoder != "preview" and (slow := slow_dtype_note(dtype, device)):
+    if slow := slow_dtype_note(dtype, device):  # preview decodes in fp32: never said
         notes += (slow,)
     per_call = chunk_frames(preset, lh, lw, dtype, grid, device)
     audio, audio_notes = plan_audio(path, preset, opts, sel.view.shape[1])

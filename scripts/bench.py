@@ -370,15 +370,24 @@ def make_audio(quick: bool, seconds: float, workdir: Path) -> tuple[Path, Path]:
             AutoencoderKLLTX2Audio().eval().save_pretrained(partial / "audio_vae")
             LTX2Vocoder().eval().save_pretrained(partial / "vocoder")
         partial.rename(folder)
-    cfg = json.loads((folder / "audio_vae" / "config.json").read_text())
-    frames = round(seconds * 25)  # LTX2Pipeline: round(duration × 16000 / 160 / 4)
-    path = workdir / "latents" / f"{folder.name}-{frames}.safetensors"
+    path = workdir / "latents" / f"{folder.name}-{audio_frames(seconds)}.safetensors"
     if not path.is_file():
-        g = torch.Generator().manual_seed(0)
-        z = torch.randn(1, cfg["latent_channels"], frames, cfg["mel_bins"] // 4, generator=g)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"audio_latents": z}, str(path))
+        save_file({"audio_latents": audio_latents(folder, seconds, seed=0)}, str(path))
     return folder, path
+
+
+def audio_frames(seconds: float) -> int:
+    return round(seconds * 25)  # LTX2Pipeline: round(duration × 16000 / 160 / 4)
+
+
+def audio_latents(models: Path, seconds: float, seed: int) -> Any:
+    """Seeded N(0, 1) audio latents `(1, C, L, mel_bins / 4)` lasting `seconds`."""
+    import torch
+
+    cfg = json.loads((models / "audio_vae" / "config.json").read_text())
+    shape = (1, cfg["latent_channels"], audio_frames(seconds), cfg["mel_bins"] // 4)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
 def audio_child(a: argparse.Namespace) -> None:
@@ -438,7 +447,6 @@ def ltx2_row_with_sound(args: argparse.Namespace, workdir: Path,
                         models: Path) -> tuple[dict[str, Any], str]:  # fmt: skip
     """Ours on the speed mode's LTX-2 row, its latent file alone and with audio latents as long
     as the video, through a pipeline folder (vae/, audio_vae/, vocoder/): what sound adds."""
-    import torch
     from safetensors.torch import load_file, save_file
 
     from latent2mp4 import load_preset
@@ -455,13 +463,10 @@ def ltx2_row_with_sound(args: argparse.Namespace, workdir: Path,
             (pipeline / name).symlink_to(target.resolve(), target_is_directory=True)
     preset = load_preset("ltx2")
     seconds = preset.frames_out(size[0]) / preset.fps
-    cfg = json.loads((models / "audio_vae" / "config.json").read_text())
-    length = round(seconds * 25)  # LTX2Pipeline's rule, as in make_audio
-    both_path = video.with_name(f"{video.stem}-with-audio-{length}.safetensors")
+    both_path = video.with_name(f"{video.stem}-with-audio-{audio_frames(seconds)}.safetensors")
     if not both_path.is_file():
-        g = torch.Generator().manual_seed(1)
-        audio_z = torch.randn(1, cfg["latent_channels"], length, cfg["mel_bins"] // 4, generator=g)
-        save_file(load_file(video) | {"audio_latents": audio_z}, str(both_path))
+        sound_z = audio_latents(models, seconds, seed=1)
+        save_file(load_file(video) | {"audio_latents": sound_z}, str(both_path))
     runs: dict[str, list[dict[str, Any]]] = {"video": [], "video + sound": []}
     for _ in range(args.repeats):
         for kind, path in (("video", video), ("video + sound", both_path)):
@@ -472,10 +477,10 @@ def ltx2_row_with_sound(args: argparse.Namespace, workdir: Path,
     extra = m["video + sound"]["wall_s"] - m["video"]["wall_s"]
     first = runs["video"][0]
     row = {"ltx2_row": first["video"], "audio_s": seconds, "extra_wall_s": extra, **m}
-    video, sound = m["video"], m["video + sound"]
-    cells = [[first["video"], f"{seconds:.2f}", f"{video['wall_s']:.2f}", f"{sound['wall_s']:.2f}",
-              f"{extra:+.2f} ({extra / video['wall_s'] * 100:+.1f} %)",
-              f"{video['peak_rss_mib']:.0f} / {sound['peak_rss_mib']:.0f}"]]  # fmt: skip
+    alone, sound = m["video"], m["video + sound"]
+    cells = [[first["video"], f"{seconds:.2f}", f"{alone['wall_s']:.2f}", f"{sound['wall_s']:.2f}",
+              f"{extra:+.2f} ({extra / alone['wall_s'] * 100:+.1f} %)",
+              f"{alone['peak_rss_mib']:.0f} / {sound['peak_rss_mib']:.0f}"]]  # fmt: skip
     head = ["LTX-2 row, video F×H×W", "sound s", "wall s video only", "wall s video + sound",
             "sound adds", "peak RSS MiB video only / + sound"]  # fmt: skip
     return row, markdown(head, cells)
