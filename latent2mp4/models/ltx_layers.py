@@ -32,10 +32,13 @@ TILE_SAMPLE_STRIDE = 8
 BLEND_FRAMES = 16 - TILE_SAMPLE_STRIDE
 
 
-def rms_norm(x: Tensor) -> Tensor:
-    """Parameter-free RMS norm over channels (dim 1), statistics in fp32."""
-    var = x.float().pow(2).mean(1, keepdim=True)
-    return (x * torch.rsqrt(var + RMS_EPS)).to(x.dtype)
+def rms_norm(x: Tensor, out: Tensor | None = None) -> Tensor:
+    """Parameter-free RMS norm over channels (dim 1), statistics in fp32, into `out` (a conv's
+    padded room) or a new tensor; either way the caller may modify the result in place."""
+    # The mean square from one fp32 reduction, with no squared copy of the input.
+    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float32)
+    inv = torch.rsqrt(norm.square_().div_(x.shape[1]).add_(RMS_EPS)).to(x.dtype)
+    return torch.mul(x, inv, out=out) if out is not None else x * inv
 
 
 class CausalConv3d(nn.Module):
@@ -50,19 +53,47 @@ class CausalConv3d(nn.Module):
         pad = kernel // 2
         self.conv = nn.Conv3d(cin, cout, kernel, padding=(0, pad, pad), padding_mode=padding_mode)
 
-    def forward(self, x: Tensor, causal: bool) -> Tensor:
+    def _time_pad(self, causal: bool) -> tuple[int, int]:
         k = self.kernel - 1
-        if k:
-            before, after = (k, 0) if causal else (k // 2, k // 2)
-            parts = [x[:, :, :1]] * before + [x] + [x[:, :, -1:]] * after
-            x = torch.cat(parts, dim=2)
+        return (k, 0) if causal else (k // 2, k // 2)
+
+    def room(self, like: Tensor, causal: bool) -> tuple[Tensor, Tensor]:
+        """A buffer for this conv's time-padded input and the view where `like`'s frames go.
+
+        The layer before writes its output straight into the view, so the padded input is never
+        built by concatenation; `padded` fills the edge frames.
+        """
+        before, after = self._time_pad(causal)
+        b, c, t, h, w = like.shape
+        buf = torch.empty(
+            (b, c, before + t + after, h, w),
+            dtype=like.dtype,
+            device=like.device,
+            memory_format=torch.channels_last_3d,
+        )
+        return buf, buf[:, :, before : before + t]
+
+    def padded(self, buf: Tensor, causal: bool) -> Tensor:
+        """Convolve a `room` buffer whose frames are written."""
+        before, after = self._time_pad(causal)
+        if before:
+            buf[:, :, :before] = buf[:, :, before : before + 1]
+        if after:
+            buf[:, :, -after:] = buf[:, :, -after - 1 : -after]
         pad = self.kernel // 2
-        if pad and self.conv.padding_mode == "reflect" and min(x.shape[-2:]) <= pad:
+        if pad and self.conv.padding_mode == "reflect" and min(buf.shape[-2:]) <= pad:
             # Reflection needs 2 pixels; a 1-latent edge tile (which diffusers cannot decode
             # at all) is padded by replication instead.
-            x = F.pad(x, (pad, pad, pad, pad, 0, 0), mode="replicate")
-            return F.conv3d(x, self.conv.weight, self.conv.bias)
-        return self.conv(x)
+            buf = F.pad(buf, (pad, pad, pad, pad, 0, 0), mode="replicate")
+            return F.conv3d(buf, self.conv.weight, self.conv.bias)
+        return self.conv(buf)
+
+    def forward(self, x: Tensor, causal: bool) -> Tensor:
+        if self.kernel == 1:
+            return self.conv(x)
+        buf, view = self.room(x, causal)
+        view.copy_(x)
+        return self.padded(buf, causal)
 
 
 class TimestepEmbedding(nn.Module):
@@ -138,28 +169,34 @@ class ResnetBlock(nn.Module):
         if scale is None:
             return h
         spatial = torch.randn(h.shape[-2:], generator=run.generator, device=h.device, dtype=h.dtype)
-        return h + (spatial[None] * scale)[None, :, None]
+        return h.add_((spatial[None] * scale)[None, :, None])
 
     def forward(self, x: Tensor, run: Run, emb: Tensor | None) -> Tensor:
+        # Every intermediate is this block's own, so each step works in place: fewer full-size
+        # buffers to allocate and stream through memory.
         mods: tuple[Tensor, ...] = ()
         if self.scale_shift_table is not None:
             assert emb is not None
             mods = _scale_shift(self.scale_shift_table, emb, 4)
-        h = rms_norm(x)
+        buf, h = self.conv1.room(x, run.causal)
+        rms_norm(x, out=h)
         if mods:
-            h = h * (1 + mods[1]) + mods[0]
-        h = self.conv1(F.silu(h), run.causal)
-        h = rms_norm(self._noise(h, self.per_channel_scale1, run))
+            h.mul_(1 + mods[1]).add_(mods[0])
+        F.silu(h, inplace=True)
+        h = self._noise(self.conv1.padded(buf, run.causal), self.per_channel_scale1, run)
+        buf, y = self.conv2.room(h, run.causal)
+        rms_norm(h, out=y)
         if mods:
-            h = h * (1 + mods[3]) + mods[2]
-        h = self._noise(self.conv2(F.silu(h), run.causal), self.per_channel_scale2, run)
+            y.mul_(1 + mods[3]).add_(mods[2])
+        F.silu(y, inplace=True)
+        h = self._noise(self.conv2.padded(buf, run.causal), self.per_channel_scale2, run)
         if self.norm3 is not None:
             x = self.norm3(x.movedim(1, -1)).movedim(-1, 1)
         if isinstance(self.conv_shortcut, CausalConv3d):
             x = self.conv_shortcut(x, run.causal)
         elif self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
-        return h + x
+        return h.add_(x)
 
 
 def depth_to_space(x: Tensor, stride: tuple[int, int, int]) -> Tensor:
@@ -191,8 +228,9 @@ class Upsampler(nn.Module):
         drop = self.stride[0] - 1
         y = depth_to_space(self.conv(x, causal), self.stride)[:, :, drop:]
         if self.residual:
-            r = depth_to_space(x, self.stride).repeat(1, self.repeats, 1, 1, 1)
-            y = y + r[:, :, drop:]
+            # The input's channels tiled `repeats` times, added without building the tiled copy.
+            r = depth_to_space(x, self.stride)[:, :, drop:]
+            y.unflatten(1, (self.repeats, -1)).add_(r.unsqueeze(1))
         return y
 
 
@@ -297,14 +335,16 @@ class Decoder3d(nn.Module):
         x = self.mid_block(x, run)
         for block in self.up_blocks:
             x = block(x, run)
-        x = rms_norm(x)
+        buf, y = self.conv_out.room(x, run.causal)
+        rms_norm(x, out=y)
         if self.time_embedder is not None and self.scale_shift_table is not None:
             assert run.temb is not None
             shift, scale = _scale_shift(
                 self.scale_shift_table, self.time_embedder(run.temb, x.dtype), 2
             )
-            x = x * (1 + scale) + shift
-        x = self.conv_out(F.silu(x), run.causal)
+            y.mul_(1 + scale).add_(shift)
+        F.silu(y, inplace=True)
+        x = self.conv_out.padded(buf, run.causal)
         # Un-patchify: channels (C, p_w, p_h) → pixels; diffusers pairs the second patch axis
         # with height (autoencoder_kl_ltx.py, LTXVideoDecoder3d.forward).
         b, _, f, h, w = x.shape
