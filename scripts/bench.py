@@ -28,7 +28,8 @@ diffusers: `from_pretrained`, the pipeline's de-normalisation, `vae.decode`, `po
 Input mode measures our whole process (reading the latent file included) against clip length:
 bf16 latents at 720p saved with `save_file`, 6 → 161 latent frames (21 → 641 output frames), with
 the preview decoder and with the VAE decoder (the tiny test widths: the input side's memory does
-not depend on the decoder's width, and real widths at 720p would take hours on a CPU); it also
+not depend on the decoder's width, and real widths at 720p would take hours on a CPU), decoding
+in the first of --dtypes (fp32 unless given: bf16 only where the CPU has bf16 units); it also
 times the validation pass (header + streamed NaN/Inf scan) on its own.
 Tiny mode runs only ours, three ways on the same latents: the full VAE, `--decoder tiny` (a
 taehv-layout checkpoint with seeded default-init weights at the released widths) and `--decoder
@@ -595,7 +596,7 @@ def input_scale(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str,
                 save_file({"latents": z}, str(path))
                 del z
             for decoder in args.decoders:
-                r = run_child("ours", name, "bf16", vae, path, workdir, args.device,
+                r = run_child("ours", name, args.dtypes[0], vae, path, workdir, args.device,
                               decoder=decoder, time_plan=True)  # fmt: skip
                 mib = path.stat().st_size / 2**20
                 rows.append({"family": name, "decoder": decoder, "latent_frames": t,
@@ -760,7 +761,7 @@ def main() -> None:
     ap.add_argument("--decoders", type=csv, default=list(DECODERS), help="input mode: preview,vae")
     ap.add_argument("--seconds", type=float, default=5.0, help="audio mode: clip length")
     ap.add_argument("--families", type=csv, help="default: all (scale: wan)")
-    ap.add_argument("--dtypes", type=csv, help="default: fp32,bf16 (scale: fp32)")
+    ap.add_argument("--dtypes", type=csv, help="default: fp32,bf16 (scale, input: fp32)")
     ap.add_argument("--repeats", type=int, help="timed runs per tool (default: speed 3, scale 1)")
     ap.add_argument("--workdir", type=Path, default=ROOT / "out" / "bench")
     ap.add_argument("--frames", type=ints, help="latent frames T (scale: a list, e.g. 6,11,21; "
