@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
-from latent2mp4.arrays import StoredArray, open_arrays
+from latent2mp4.arrays import StoredArray, all_finite, open_arrays
 from latent2mp4.errors import InputError, UsageError, WeightsError
 from latent2mp4.models.ltx2_audio import AudioVaeConfig, AudioVaeDecoder
 from latent2mp4.models.ltx2_audio import rename_keys as audio_vae_keys
@@ -135,7 +135,7 @@ def plan_audio(
     if opts.decoder == "preview":
         return None, (f"'{key}' not decoded by the preview decoder: video only",)
     z = a.take((slice(None),) * 4)
-    if not bool(torch.isfinite(z).all()):
+    if not bool(all_finite(z)):
         raise InputError(f"{path}: '{key}' holds NaN or Inf values")
     return AudioLatents(key, z, seconds), ()
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from latent2mp4.arrays import all_finite
 from latent2mp4.errors import DecodeError
 
 T = TypeVar("T")
@@ -38,7 +39,7 @@ def to_frames(chunks: Iterable[Tensor]) -> Iterator[np.ndarray]:
     pending: tuple[Tensor, torch.cuda.Event, Tensor, int, torch.dtype] | None = None
     first = 0  # index of the chunk's first frame
     for x in chunks:
-        finite = torch.isfinite(x).all()  # on the device; read once the chunk is ready
+        finite = all_finite(x)  # on the device; read once the chunk is ready
         q = quantise(x[0])
         if q.is_cuda:
             host = torch.empty(q.shape, dtype=torch.uint8, pin_memory=True)

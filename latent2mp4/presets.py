@@ -270,14 +270,13 @@ def _pair(v: int | list[int]) -> tuple[int, int]:
 
 def builtin_presets() -> dict[str, Preset]:
     """All presets in `configs/`, by name."""
-    return dict(_read_builtin_presets())
+    return {p.name: p for p in _read_builtin_presets()}
 
 
 @functools.cache
-def _read_builtin_presets() -> tuple[tuple[str, Preset], ...]:
+def _read_builtin_presets() -> tuple[Preset, ...]:
     # Parsed once per process: the YAML files take ~0.3 s, and a decode asks more than once.
-    presets = (Preset.from_yaml(p) for p in sorted(CONFIG_DIR.glob("*.yaml")))
-    return tuple((p.name, p) for p in presets)
+    return tuple(Preset.from_yaml(p) for p in sorted(CONFIG_DIR.glob("*.yaml")))
 
 
 def load_preset(name_or_path: str) -> Preset:
