@@ -81,6 +81,13 @@ class DecodeOptions:
     decode_noise_scale: float | None = None
     seed: int = 0  # decode noise seed (batch element b uses seed + b)
 
+    def __post_init__(self) -> None:
+        # Library callers pass plain strings as often as Paths; everything downstream wants Paths.
+        for name in ("preset", "out", "out_dir", "audio"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, Path(value))
+
 
 @dataclass(frozen=True)
 class VideoResult:

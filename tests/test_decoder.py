@@ -161,3 +161,16 @@ def test_the_readme_python_examples_run(tmp_path, wan_vae, monkeypatch):
         }
         exec(compile(code, "README.md", "exec"), namespace)
     assert list(tmp_path.glob("*.mp4"))
+
+
+def test_decode_file_takes_plain_strings_for_paths(tmp_path, wan_vae):
+    """Library callers write `out="clip.mp4"` as often as `Path("clip.mp4")`."""
+    lat = tmp_path / "z.safetensors"
+    save_latents(lat, latents((1, 16, 2, 4, 4)), model="wan", fps=16)
+    opts = latent2mp4.DecodeOptions(
+        model="wan", vae=str(wan_vae), dtype="fp32", out=str(tmp_path / "clip.mp4")
+    )
+    result = latent2mp4.decode_file(str(lat), opts)[0]
+    assert result.output == tmp_path / "clip.mp4" and result.output.is_file()
+    out_dir = latent2mp4.DecodeOptions(decoder="preview", model="wan", out_dir=str(tmp_path / "d"))
+    assert latent2mp4.decode_file(str(lat), out_dir)[0].output.parent == tmp_path / "d"
