@@ -144,7 +144,7 @@ class Decoder:
         out: str | Path,
         *,
         fps: float | None = None,
-        latent_space: LatentSpace = "model",
+        latent_space: LatentSpace = "auto",
         index: str | int = -1,
         key: str | None = None,
         layout: str | None = None,
@@ -166,8 +166,9 @@ class Decoder:
 
         Several videos (a batch, trajectory steps) are written as `out-0.mp4`, `out-1.mp4`,
         `out-step049.mp4`, … like the CLI. The file is published atomically; an existing `out`
-        is an `OutputError` unless `overwrite`. `latent_space`: "model" (what a pipeline's
-        `output_type="latent"` returns), "vae" (ComfyUI) or "auto" (file metadata). `lossless`
+        is an `OutputError` unless `overwrite`. `latent_space`: "auto" (as the CLI: file
+        metadata, else what the preset's pipeline returns with `output_type="latent"` — model
+        space, or VAE space for LTX-2), "model" or "vae" (ComfyUI) to force it. `lossless`
         writes bit-exact RGB; decode with `load_decoder(..., dtype="fp32")` for bit-exact values.
         A file's audio latents (presets with sound) become the audio track unless `no_audio`;
         `audio` muxes an audio file instead.
@@ -201,7 +202,7 @@ class Decoder:
         self,
         latents: Latents | str | Path,
         *,
-        latent_space: LatentSpace = "model",
+        latent_space: LatentSpace = "auto",
         index: str | int = -1,
         key: str | None = None,
         layout: str | None = None,
@@ -232,7 +233,7 @@ class Decoder:
         self,
         latents: Latents | str | Path,
         *,
-        latent_space: LatentSpace = "model",
+        latent_space: LatentSpace = "auto",
         index: str | int = -1,
         key: str | None = None,
         layout: str | None = None,

@@ -391,3 +391,17 @@ def test_python_api_packed_and_conditioned(v095) -> None:
     with torch.no_grad():
         expected = vae.decode(denormalised(vae, z), torch.tensor([0.05])).sample
     assert (got - expected).abs().max().item() <= PARITY
+
+
+def test_python_api_takes_ltx2_pipeline_latents_as_vae_space(tmp_path) -> None:
+    """The API's default latent space is the CLI's `auto`: LTX2Pipeline's de-normalised output
+    must not be de-normalised a second time."""
+    from latent2mp4 import load_decoder
+
+    vae = make_tiny_ltx(tmp_path / "vae", "ltx2", seed=7)
+    zv = torch.randn(1, 128, 2, 2, 2, generator=torch.Generator().manual_seed(8))
+    dec = load_decoder("ltx2", tmp_path / "vae", device="cpu", dtype="fp32")
+    with torch.no_grad():
+        expected = vae.decode(zv).sample
+    assert (dec.decode(zv) - expected).abs().max().item() <= PARITY
+    assert next(iter(dec.frames(zv))).shape == (64, 64, 3)
