@@ -6,7 +6,14 @@ from pathlib import Path
 from typing import Any
 
 from latent2mp4.audio import latent_seconds
-from latent2mp4.latents import default_key, infer_layout, list_tensors, written_by_comfyui
+from latent2mp4.latents import (
+    default_key,
+    infer_layout,
+    list_tensors,
+    recorded_size,
+    written_by_comfyui,
+)
+from latent2mp4.packed import VideoSize, latent_dims
 from latent2mp4.presets import LAYOUT_AXES, Preset, builtin_presets
 
 
@@ -20,6 +27,23 @@ def _video_dims(shape: list[int], preset: Preset, comfy: bool) -> tuple[int, int
     return c, t, h, w
 
 
+def _packed_row(tokens: int, preset: Preset, size: VideoSize) -> tuple[str, ...]:
+    """A packed-token tensor's row: the video the recorded size gives, or what is missing."""
+    if size.complete:
+        t, h, w = latent_dims(size, preset)
+        if t > 0 and h > 0 and w > 0 and t * h * w == tokens:
+            frames = preset.frames_out(t)
+            return (
+                preset.name,
+                f"{t}×{h}×{w} (from {tokens} packed tokens)",
+                str(frames),
+                f"{w * preset.spatial_ratio}x{h * preset.spatial_ratio}",
+                f"{frames / preset.fps:.2f} s @ {preset.fps:g} fps",
+            )
+    needs = "needs --num-frames, --height, --width"
+    return (preset.name, f"{tokens} packed tokens", "?", needs, "?")
+
+
 def describe_file(path: Path, own: Preset | None = None) -> dict[str, Any]:
     """Tensors `{name: (dtype, shape)}`, metadata, one row per preset that fits (built-in ones
     and `own`), and one per audio latents tensor a sound preset would decode."""
@@ -31,6 +55,9 @@ def describe_file(path: Path, own: Preset | None = None) -> dict[str, Any]:
     if key is not None:
         shape = tensors[key][1]
         for p in presets.values():
+            if len(shape) == 3 and p.packed and shape[2] == p.latent_channels:
+                fits.append(_packed_row(shape[1], p, recorded_size(metadata, path)))
+                continue
             dims = _video_dims(shape, p, comfy)
             if dims is None or dims[0] != p.latent_channels:
                 continue

@@ -8,7 +8,7 @@ and for the streamed NaN/Inf scan.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -78,9 +78,22 @@ class LatentFile:
     @property
     def meta_size(self) -> VideoSize:
         """The generation size `save_latents` recorded (packed LTX latents need it)."""
-        got = [self.metadata.get(META_PREFIX + k) for k in ("num_frames", "height", "width")]
-        n, h, w = (int(v) if v else None for v in got)
-        return VideoSize(n, h, w)
+        return recorded_size(self.metadata, self.path)
+
+
+def recorded_size(metadata: Mapping[str, str], path: Path) -> VideoSize:
+    """The generation size in a file's metadata (None where not recorded)."""
+    values = []
+    for k in ("num_frames", "height", "width"):
+        v = metadata.get(META_PREFIX + k)
+        try:
+            values.append(int(v) if v else None)
+        except ValueError:
+            flag = "--" + k.replace("_", "-")
+            raise InputError(
+                f"{path}: metadata {META_PREFIX}{k} is {v!r}, not an integer; pass {flag}"
+            ) from None
+    return VideoSize(*values)
 
 
 def list_tensors(path: Path) -> tuple[dict[str, tuple[str, list[int]]], dict[str, str]]:
@@ -247,9 +260,12 @@ def select_video(
     """
     path, notes = lf.path, []
     if len(lf.array.shape) == 3 and preset.packed and lf.array.dtype in FLOAT_DTYPES:
-        given = size if size is not None and size.complete else lf.meta_size
+        flags = size if size is not None else VideoSize()
+        given = flags.over(lf.meta_size)
         unpacked = unpack(lf.tensor, given, preset, str(path))
-        origin = "flags" if given is size else "file metadata"
+        origin = {flags: "flags", lf.meta_size: "file metadata"}.get(
+            given, "flags over file metadata"
+        )
         notes.append(
             f"unpacked tokens {tuple(lf.array.shape)} to {tuple(unpacked.shape)} ({origin})"
         )
@@ -274,6 +290,8 @@ def select_video(
         full = (len(picked), *shape[1:])
     elif len(shape) in (4, 5):
         full = (1,) * (6 - len(shape)) + shape
+        if str(index) != "-1":  # e.g. someone expecting it to pick a batch element
+            notes.append(f"--index {index} ignored: only 6-D (steps,B,C,F,H,W) latents have steps")
     else:
         raise InputError(
             f"{path}: latents have shape {shape}; "

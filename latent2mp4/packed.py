@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from latent2mp4.errors import InputError
+from latent2mp4.errors import InputError, UsageError
 from latent2mp4.presets import Preset
 
 SHOWN = 6  # factorisations listed in the error
@@ -31,6 +31,23 @@ class VideoSize:
     @property
     def complete(self) -> bool:
         return None not in (self.num_frames, self.height, self.width)
+
+    def over(self, recorded: VideoSize) -> VideoSize:
+        """These values where given, else `recorded`'s (flags over a file's metadata)."""
+        return VideoSize(
+            self.num_frames if self.num_frames is not None else recorded.num_frames,
+            self.height if self.height is not None else recorded.height,
+            self.width if self.width is not None else recorded.width,
+        )
+
+    def check(self) -> None:
+        for flag, value in (
+            ("--num-frames", self.num_frames),
+            ("--height", self.height),
+            ("--width", self.width),
+        ):
+            if value is not None and value <= 0:
+                raise UsageError(f"{flag} must be a positive integer, not {value}")
 
 
 def latent_dims(size: VideoSize, preset: Preset) -> tuple[int, int, int]:
@@ -71,6 +88,7 @@ def unpack(x: Tensor, size: VideoSize, preset: Preset, where: str) -> Tensor:
             f"{where}: packed latents {tuple(x.shape)} have {c} channels; "
             f"--model {preset.name} expects {preset.latent_channels}"
         )
+    size.check()
     if size.complete:
         f, h, w = latent_dims(size, preset)
         if f * h * w == tokens:

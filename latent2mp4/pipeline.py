@@ -303,6 +303,11 @@ def validate(opts: DecodeOptions, n_inputs: int = 1) -> None:
         raise UsageError("--overwrite and --skip-existing exclude each other")
     if opts.no_audio and (opts.audio is not None or opts.audio_codec is not None):
         raise UsageError("--no-audio excludes --audio and --audio-codec")
+    for flag, value in (("--tile-size", opts.tile_size), ("--tile-stride", opts.tile_stride)):
+        if value is not None and value <= 0:
+            raise UsageError(f"{flag} must be a positive number of pixels, not {value}")
+        if value is not None and opts.no_tile:
+            raise UsageError(f"--no-tile excludes {flag}")
     name = str(opts.preset) if opts.preset else opts.model
     preset = load_preset(name) if name else None
     device = pick_device(opts.device)

@@ -96,6 +96,13 @@ def test_existing_output_and_skip_existing(tmp_path, cli):
         ("wan", ["sample.safetensors", "-m", "sdxl"], 2, "unknown model 'sdxl'"),
         ("wan", ["sample.safetensors", "-m", "wan2.2"], 1, "did you mean"),
         ("wan", ["sample.safetensors", "-m", "wan", "--tile-size", "100"], 2, "multiples of 8"),
+        ("wan", ["sample.safetensors", "-m", "wan", "--tile-size", "0"], 2, "positive"),
+        (
+            "wan",
+            ["sample.safetensors", "-m", "wan", "--tile-size", "64", "--no-tile"],
+            2,
+            "--no-tile excludes --tile-size",
+        ),
         ("wan", ["sample.safetensors", "-m", "wan", "--device", "cuda:0"], 2, "CUDA"),
         (
             "wan",
@@ -225,3 +232,11 @@ def test_compare_command_reports_inf_for_identical_and_writes_side_by_side(tmp_p
     assert video.shape == (9, 32, 96, 3)
     bad = cli("compare", tmp_path / "a.mkv", tmp_path / "missing.mp4")
     assert_one_line_error(bad, 1, "missing.mp4")
+
+
+def test_index_on_a_tensor_without_steps_is_noted(tmp_path, cli):
+    """--index picks trajectory steps; on a batch it must not pass for a batch-element pick."""
+    f = sample(tmp_path)
+    run = cli("decode", f, "-m", "wan", "--decoder", "preview", "--index", "0")
+    assert run.exit_code == 0, run.output
+    assert "--index 0 ignored: only 6-D (steps,B,C,F,H,W) latents have steps" in run.output

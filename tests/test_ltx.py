@@ -405,3 +405,27 @@ def test_python_api_takes_ltx2_pipeline_latents_as_vae_space(tmp_path) -> None:
         expected = vae.decode(zv).sample
     assert (dec.decode(zv) - expected).abs().max().item() <= PARITY
     assert next(iter(dec.frames(zv))).shape == (64, 64, 3)
+
+
+def test_packed_sizes_checked_and_merged_with_metadata(tmp_path, cli) -> None:
+    """Sizes must be positive; a flag overrides just its own field of the recorded size."""
+    tokens = pack(torch.randn(1, 128, 2, 2, 3))
+    path = tmp_path / "m.safetensors"
+    save_latents(path, tokens, model="ltx", num_frames=9, height=96, width=64)  # 2x3x2: wrong
+    base = ["decode", path, "--decoder", "preview", "-o", tmp_path / "o.mp4"]
+    for flags, message in (
+        (["--num-frames", "0"], "--num-frames must be a positive integer, not 0"),
+        (["--height", "-64", "--width", "-96"], "--height must be a positive integer, not -64"),
+    ):
+        run = cli(*base, *flags)
+        assert run.exit_code == 2 and message in run.stderr, run.output
+        assert len(run.stderr.strip().splitlines()) == 1
+    run = cli(*base, "--height", "64", "--width", "96")
+    assert run.exit_code == 0, run.output
+    assert "to (1, 128, 2, 2, 3) (flags over file metadata)" in run.output
+    assert read_video(tmp_path / "o.mp4")[0].shape == (9, 64, 96, 3)
+    info = cli("info", path)
+    assert info.exit_code == 0 and "2×3×2 (from 12 packed tokens)" in info.stdout, info.output
+    save_file({"latents": tokens}, str(tmp_path / "p.safetensors"))
+    info = cli("info", tmp_path / "p.safetensors")
+    assert "12 packed tokens" in info.stdout and "needs --num-frames" in info.stdout, info.output
