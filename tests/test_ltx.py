@@ -429,3 +429,14 @@ def test_packed_sizes_checked_and_merged_with_metadata(tmp_path, cli) -> None:
     save_file({"latents": tokens}, str(tmp_path / "p.safetensors"))
     info = cli("info", tmp_path / "p.safetensors")
     assert "12 packed tokens" in info.stdout and "needs --num-frames" in info.stdout, info.output
+
+
+def test_each_spatial_tile_draws_its_own_injected_noise() -> None:
+    """One state per tile (the engine's order); the first keeps the seed of an untiled decode."""
+    from latent2mp4.models.ltx_layers import Conditioned
+
+    bound = Conditioned(None, 0.05, 3)  # type: ignore[arg-type]  # no decoder needed
+    seeds = [bound.new_state().seed for _ in range(3)]
+    assert seeds[0] == 3 and len(set(seeds)) == 3
+    draws = [torch.randn(8, generator=torch.Generator().manual_seed(s)) for s in seeds]
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
