@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -71,7 +72,8 @@ def collect_inputs(specs: Iterable[str | Path], recursive: bool = False) -> list
             pattern = "**/*" if recursive else "*"
             for p in sorted(path.glob(pattern)):
                 latent = p.suffix.lower() in LATENT_SUFFIXES
-                if p.is_file() and latent and not p.name.startswith("."):
+                hidden = any(part.startswith(".") for part in p.relative_to(path).parts)
+                if p.is_file() and latent and not hidden:
                     found.setdefault(p.resolve(), Input(p, path))
         elif not path.exists() and glob.has_magic(spec):
             matches = sorted(Path(m) for m in glob.glob(spec, recursive=recursive))
@@ -82,7 +84,12 @@ def collect_inputs(specs: Iterable[str | Path], recursive: bool = False) -> list
                     found.setdefault(p.resolve(), Input(p, None))
         else:
             found.setdefault(path.resolve() if path.exists() else path, Input(path, None))
-    return sorted(found.values(), key=lambda i: str(i.path))
+    # Files named one by one (or by a glob) mirror the tree below their common folder too, so
+    # runs/a/latents.safetensors and runs/b/latents.safetensors keep apart under --out-dir.
+    loose = [i.path.absolute().parent for i in found.values() if i.root is None]
+    common = Path(os.path.commonpath(loose)) if loose else None
+    inputs = (i if i.root is not None else Input(i.path, common) for i in found.values())
+    return sorted(inputs, key=lambda i: str(i.path))
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -108,6 +115,7 @@ class Batch:
     opts: DecodeOptions
     on_job: Callable[[Job], ProgressFn | None] = lambda job: None
     decoders: dict[str, Decoder | Latent2Mp4Error] = field(default_factory=dict)
+    claimed: dict[Path, Path] = field(default_factory=dict)  # output → the input that made it
 
     def decoder_for(self, job: Job) -> Decoder:
         key = job.preset.source or job.preset.name
@@ -121,11 +129,26 @@ class Batch:
             raise cached
         return cached
 
+    def claim(self, source: Path, outputs: Iterable[Path]) -> None:
+        """Two inputs of one run must not write one file (the second would replace the first,
+        or be skipped as done)."""
+        outputs = list(outputs)
+        for out in outputs:
+            earlier = self.claimed.get(out.absolute())
+            if earlier is not None:
+                raise UsageError(
+                    f"{source}: its output {out} is also {earlier}'s in this run; "
+                    "rename one, or decode their common folder with --recursive --out-dir"
+                )
+        for out in outputs:
+            self.claimed[out.absolute()] = source
+
     def run_one(self, item: Input) -> Outcome:
         start = time.perf_counter()
         doing = "reading the latents"
         try:
             job = plan(item.path, self.opts, item.root)
+            self.claim(item.path, job.outputs)
             check_outputs(job, self.opts)
             results = all_skipped(job, self.opts)
             if results is None:
@@ -157,6 +180,17 @@ def internal_error(doing: str, e: BaseException) -> str:
     what = (str(e).strip().splitlines() or [""])[0][:160]
     kind = type(e).__name__ + (f": {what}" if what else "")
     return f"internal error while {doing} ({kind}); rerun with --verbose for the traceback"
+
+
+def check_report(path: Path) -> None:
+    """Before any work: the report must be appendable, or the batch would stop after one file."""
+    if path.is_dir():
+        raise UsageError(f"--report {path}: is a directory; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.open("a").close()
+    except OSError as e:
+        raise UsageError(f"--report {path}: cannot write ({e.strerror})") from None
 
 
 def append_report(path: Path, outcome: Outcome) -> None:

@@ -23,6 +23,7 @@ from latent2mp4.batch import (
     Input,
     Outcome,
     append_report,
+    check_report,
     collect_inputs,
     internal_error,
     parse_shard,
@@ -248,10 +249,16 @@ def decode(
     with _errors("collecting the inputs", verbose):
         items = collect_inputs(inputs, recursive)
         validate(opts, len(items))
-        if shard_spec:
-            items = shard(items, *parse_shard(shard_spec))
         if not items:
             raise UsageError(f"no latent files ({', '.join(LATENT_SUFFIXES)}) found in the inputs")
+        if report is not None:
+            check_report(report)
+        if shard_spec:
+            total = len(items)
+            items = shard(items, *parse_shard(shard_spec))
+            if not items:  # more array tasks than files: this one has nothing to do
+                err.print(f"note: shard {shard_spec} of {total} file(s) is empty; nothing to do")
+                return
         single = len(items) == 1 and not Path(inputs[0]).is_dir()
         with _progress_factory(quiet) as on_job:
             outcomes = [

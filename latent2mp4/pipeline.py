@@ -193,7 +193,7 @@ def output_paths(source: Path, opts: DecodeOptions, suffix: str, root: Path | No
     if opts.out is not None:
         base = opts.out if opts.out.suffix else opts.out.with_suffix(suffix)
     elif opts.out_dir is not None:
-        below = source.parent.relative_to(root) if root is not None else Path()
+        below = source.parent.absolute().relative_to(root.absolute()) if root else Path()
         base = opts.out_dir / below / (source.stem + suffix)
     else:
         base = source.parent / (source.stem + suffix)

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from safetensors.torch import save_file
 
@@ -131,3 +132,46 @@ def test_two_processes_on_one_tree_never_clobber(tmp_path):
     for mp4 in ("a.mp4", "b.mp4", "sub/c.mp4", "sub/d.mp4"):
         assert read_video(tmp_path / mp4)[0].shape[0] == 5
     assert not list(tmp_path.rglob(".*partial*"))
+
+
+def test_two_inputs_never_share_an_output(tmp_path, cli):
+    """Globbed files mirror their common folder; what still collides is refused, naming both."""
+    for name in ("runs/a/latents.safetensors", "runs/b/latents.safetensors", "dup.safetensors"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        save_file({"latents": latents((16, 2, 3, 4))}, str(tmp_path / name))
+    np.save(tmp_path / "dup.npy", latents((16, 2, 3, 4)).numpy())
+    base = ["-m", "wan", "--decoder", "preview", "-q"]
+    run = cli("decode", str(tmp_path / "runs/*/latents.safetensors"), *base,
+              "--out-dir", tmp_path / "v", "--skip-existing")  # fmt: skip
+    assert run.exit_code == 0, run.output
+    assert sorted(str(p.relative_to(tmp_path / "v")) for p in (tmp_path / "v").rglob("*.mp4")) == [
+        "a/latents.mp4",
+        "b/latents.mp4",
+    ]
+    for inputs in ([tmp_path / "dup.npy", tmp_path / "dup.safetensors"],
+                   [tmp_path / "runs/a", tmp_path / "runs/b"]):  # fmt: skip
+        out = tmp_path / f"w-{inputs[0].name}"
+        run = cli("decode", *inputs, *base, "--out-dir", out, "--overwrite")
+        assert run.exit_code == 1, run.output
+        assert f"is also {inputs[0]}" in run.stderr.replace("\n", "")
+        assert len(list(out.rglob("*.mp4"))) == 1
+
+
+def test_empty_shard_and_report_checked_before_work(tmp_path, cli):
+    tree(tmp_path)
+    run = cli("decode", tmp_path, "-m", "wan", "--decoder", "preview", "--shard", "4/4")
+    assert run.exit_code == 0 and "shard 4/4 of 2 file(s) is empty" in run.stderr, run.output
+    (tmp_path / "r").mkdir()
+    run = cli("decode", tmp_path, "-m", "wan", "--decoder", "preview", "--report", tmp_path / "r")
+    assert run.exit_code == 2 and "is a directory" in run.stderr
+    assert not list(tmp_path.glob("*.mp4"))
+    report = tmp_path / "logs" / "deep" / "r.jsonl"
+    run = cli("decode", tmp_path, "-m", "wan", "--decoder", "preview", "--report", report)
+    assert run.exit_code == 0 and len(report.read_text().splitlines()) == 2
+
+
+def test_hidden_folders_are_skipped_like_hidden_files(tmp_path):
+    tree(tmp_path)
+    (tmp_path / ".cache").mkdir()
+    save_file({"latents": latents((16, 2, 3, 4))}, str(tmp_path / ".cache" / "x.safetensors"))
+    assert not any(".cache" in str(i.path) for i in collect_inputs([tmp_path], recursive=True))
