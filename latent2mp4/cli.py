@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
@@ -81,9 +83,10 @@ def _errors(doing: str, verbose: bool = False) -> Iterator[None]:
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt as e:
         partial = e.path if isinstance(e, Interrupted) else None
-        text = f"interrupted; the partial {partial} was removed" if partial else "interrupted"
+        said, code = ("terminated", 143) if _terminated.is_set() else ("interrupted", 130)
+        text = f"{said}; the partial {partial} was removed" if partial else said
         err.print(text, highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(code) from None
     except (typer.Exit, typer.Abort):
         raise
     except Exception as e:  # noqa: BLE001 - nothing a user can feed us prints a traceback
@@ -473,7 +476,17 @@ def presets() -> None:
         out.print(table)
 
 
+_terminated = threading.Event()
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    # scancel, a SLURM time limit and `timeout` send SIGTERM: clean up exactly as for Ctrl-C.
+    _terminated.set()
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app()
     except BrokenPipeError:  # `latent2mp4 presets | head`

@@ -293,7 +293,12 @@ def test_output_on_a_full_disk(tmp_path):
             subprocess.run(["umount", str(disk)], check=True)
 
 
-def test_ctrl_c_mid_decode_removes_the_temporary_file(tmp_path):
+@pytest.mark.parametrize(
+    "sig, code, said",
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+    ids=["ctrl-c", "sigterm"],  # SIGTERM: what scancel, a SLURM time limit and `timeout` send
+)
+def test_a_signal_mid_decode_removes_the_temporary_file(tmp_path, sig, code, said):
     f = good(tmp_path / "z.safetensors", (16, 200, 60, 104))
     proc = subprocess.Popen(
         [str(EXE), "decode", str(f), "-m", "wan", *PREVIEW],
@@ -309,10 +314,10 @@ def test_ctrl_c_mid_decode_removes_the_temporary_file(tmp_path):
             break
         time.sleep(0.05)
     assert list(tmp_path.glob(".*partial*")), "the decode never started writing"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "Traceback" not in err, err
-    assert err.strip() == f"interrupted; the partial {tmp_path / 'z.mp4'} was removed", err
+    assert proc.returncode == code and "Traceback" not in err, err
+    assert err.strip() == f"{said}; the partial {tmp_path / 'z.mp4'} was removed", err
     assert not list(tmp_path.glob("*.mp4")) and not list(tmp_path.glob(".*partial*"))
 
 
