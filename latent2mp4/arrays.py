@@ -158,8 +158,11 @@ def in_memory(x: Tensor | np.ndarray | Sequence[Tensor]) -> TensorArray:
     if isinstance(x, np.ndarray):
         return TensorArray((_from_numpy(x),))
     if isinstance(x, Tensor):
-        return TensorArray((x.detach(),))
-    parts = tuple(_from_numpy(p) if isinstance(p, np.ndarray) else p.detach() for p in x)
+        return TensorArray((_from_tensor(x),))
+    bad = [type(p).__name__ for p in x if not isinstance(p, Tensor | np.ndarray)]
+    if bad:
+        raise InputError(f"a trajectory list holds tensors or NumPy arrays, not {bad[0]}")
+    parts = tuple(_from_numpy(p) if isinstance(p, np.ndarray) else _from_tensor(p) for p in x)
     shapes = {tuple(p.shape) for p in parts}
     if not parts or len(shapes) != 1 or len({p.dtype for p in parts}) != 1:
         got = ", ".join(str(s) for s in sorted(shapes))
@@ -169,10 +172,17 @@ def in_memory(x: Tensor | np.ndarray | Sequence[Tensor]) -> TensorArray:
     return TensorArray(parts, stacked=True)
 
 
+def _from_tensor(t: Tensor) -> Tensor:
+    if t.is_meta:
+        raise InputError("latents on the meta device hold no values")
+    return t.detach()
+
+
 def _from_numpy(a: np.ndarray) -> Tensor:
     if a.dtype.kind not in "fiub":
         raise InputError(f"a NumPy array of dtype {a.dtype} is not a latent tensor")
-    return torch.from_numpy(np.ascontiguousarray(a))
+    # torch takes native byte order only; big-endian files (`>f4`) are converted.
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("=")))
 
 
 # ---- files ------------------------------------------------------------------------------------

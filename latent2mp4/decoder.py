@@ -368,7 +368,9 @@ class Decoder:
         return prepare
 
     def _options(self, **changes: Any) -> DecodeOptions:
-        return replace(self.options, **changes)
+        opts = replace(self.options, **changes)
+        validate(opts)  # the CLI's usage checks, for the per-call choices too
+        return opts
 
     def __repr__(self) -> str:
         return (

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -170,6 +171,7 @@ def plan_videos(
     batch: int,
     suffix: str,
     root: Path | None = None,
+    total_steps: int = 1,
 ) -> tuple[Video, ...]:
     """One video per selected step and batch element: `run.mp4`, `run-step049.mp4`, `run-1.mp4`.
 
@@ -177,7 +179,8 @@ def plan_videos(
     """
     bases = output_paths(source, opts, suffix, root)
     named = len(steps) > 1 or (steps[0] is not None and str(opts.index).strip() != "-1")
-    width = max(3, len(str(max((s or 0) for s in steps))))
+    # Padded for the whole trajectory, so a step has one name whichever steps a run picks.
+    width = max(3, len(str(total_steps - 1)), len(str(max((s or 0) for s in steps))))
     videos = []
     for pos, step in enumerate(steps):
         stem = bases.stem + (f"-step{step:0{width}d}" if named and step is not None else "")
@@ -230,7 +233,8 @@ def plan_latents(lf: LatentFile, opts: DecodeOptions, root: Path | None = None) 
     space, why = resolve_latent_space(lf, opts.latent_space, preset)
     fps = opts.fps or lf.meta_fps or preset.fps
     suffix = encode_options(opts, fps, {}).default_suffix()
-    videos = plan_videos(path, opts, sel.steps, sel.view.shape[1], suffix, root)
+    total = lf.array.shape[0] if len(lf.array.shape) == 6 else 1
+    videos = plan_videos(path, opts, sel.steps, sel.view.shape[1], suffix, root, total)
     notes = (*sel.notes, f"latent space: {space} ({why})")
     if opts.decoder == "preview" and preset.preview.approximate:
         notes += (f"preview colours for {preset.name} are approximate (no published factors)",)
@@ -299,8 +303,14 @@ def validate(opts: DecodeOptions, n_inputs: int = 1) -> None:
         raise UsageError("--out names one file; use --out-dir with several inputs")
     if opts.out is not None and opts.out_dir is not None:
         raise UsageError("--out and --out-dir exclude each other")
+    if opts.out is not None and opts.out.is_dir():
+        raise UsageError(f"--out {opts.out} is a folder; use --out-dir to write into it")
     if opts.overwrite and opts.skip_existing:
         raise UsageError("--overwrite and --skip-existing exclude each other")
+    if opts.fps is not None and not (math.isfinite(opts.fps) and opts.fps > 0):
+        raise UsageError(f"--fps must be positive (frames per second), not {opts.fps:g}")
+    if opts.latent_space not in ("auto", "model", "vae"):
+        raise UsageError(f"--latent-space must be auto, model or vae, not {opts.latent_space!r}")
     if opts.no_audio and (opts.audio is not None or opts.audio_codec is not None):
         raise UsageError("--no-audio excludes --audio and --audio-codec")
     for flag, value in (("--tile-size", opts.tile_size), ("--tile-stride", opts.tile_stride)):

@@ -97,6 +97,9 @@ def test_existing_output_and_skip_existing(tmp_path, cli):
         ("wan", ["sample.safetensors", "-m", "wan2.2"], 1, "did you mean"),
         ("wan", ["sample.safetensors", "-m", "wan", "--tile-size", "100"], 2, "multiples of 8"),
         ("wan", ["sample.safetensors", "-m", "wan", "--tile-size", "0"], 2, "positive"),
+        ("wan", ["sample.safetensors", "-m", "wan", "--fps", "0"], 2, "--fps must be positive"),
+        ("wan", ["sample.safetensors", "-m", "wan", "--fps", "nan"], 2, "--fps must be positive"),
+        ("wan", ["sample.safetensors", "-m", "wan", "-o", "."], 2, "is a folder; use --out-dir"),
         (
             "wan",
             ["sample.safetensors", "-m", "wan", "--tile-size", "64", "--no-tile"],

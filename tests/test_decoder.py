@@ -9,7 +9,7 @@ import torch
 
 import latent2mp4
 from latent2mp4 import decoder as decoder_mod
-from latent2mp4.errors import InputError, Latent2Mp4Error, OutputError
+from latent2mp4.errors import InputError, Latent2Mp4Error, OutputError, UsageError
 from latent2mp4.latents import save_latents
 from latent2mp4.video import read_video
 
@@ -174,3 +174,36 @@ def test_decode_file_takes_plain_strings_for_paths(tmp_path, wan_vae):
     assert result.output == tmp_path / "clip.mp4" and result.output.is_file()
     out_dir = latent2mp4.DecodeOptions(decoder="preview", model="wan", out_dir=str(tmp_path / "d"))
     assert latent2mp4.decode_file(str(lat), out_dir)[0].output.parent == tmp_path / "d"
+
+
+def test_per_call_choices_get_the_cli_checks(tmp_path, dec):
+    z = latents((1, 16, 2, 4, 4))
+    for kwargs, message in (
+        (dict(fps=0), "--fps must be positive"),
+        (dict(fps=float("inf")), "--fps must be positive"),
+        (dict(overwrite=True, skip_existing=True), "exclude each other"),
+        (dict(latent_space="Model"), "must be auto, model or vae"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            dec.to_video(z, tmp_path / "x.mp4", **kwargs)
+    with pytest.raises(UsageError, match="must be auto, model or vae"):
+        dec.decode(z, latent_space="comfy")
+    assert not list(tmp_path.iterdir())
+
+
+def test_step_names_are_padded_for_the_whole_trajectory(tmp_path):
+    """One step keeps one name whichever steps a run picks (--skip-existing relies on it)."""
+    preview = latent2mp4.load_decoder("wan", decoder="preview", device="cpu")
+    z = latents((1001, 1, 16, 1, 2, 2))
+    for index in ("0", "0,-1"):
+        results = preview.to_video(z, tmp_path / "t.mp4", index=index, overwrite=True)
+        assert [r.output.name for r in results][0] == "t-step0000.mp4"
+
+
+def test_odd_in_memory_inputs(dec):
+    """Big-endian arrays decode as their values; other odd inputs are our one-line errors."""
+    z = latents((1, 16, 2, 4, 4)).numpy()
+    assert torch.equal(dec.decode(z.astype(">f4")), dec.decode(z))
+    for bad in ([1.0, 2.0], z.tolist(), torch.empty(1, 16, 2, 4, 4, device="meta")):
+        with pytest.raises(InputError):
+            dec.decode(bad)
