@@ -136,9 +136,13 @@ class Batch:
         for out in outputs:
             earlier = self.claimed.get(out.absolute())
             if earlier is not None:
+                fix = (
+                    "rename one (the same name in one folder)"
+                    if earlier.absolute().parent == source.absolute().parent
+                    else "rename one, or decode their common folder with --recursive --out-dir"
+                )
                 raise UsageError(
-                    f"{source}: its output {out} is also {earlier}'s in this run; "
-                    "rename one, or decode their common folder with --recursive --out-dir"
+                    f"{source}: its output {out} is also {earlier}'s in this run; {fix}"
                 )
         for out in outputs:
             self.claimed[out.absolute()] = source

@@ -162,7 +162,8 @@ def decode(
     tile_stride: Annotated[int | None, Opt(help="Spatial tile stride in output pixels.")] = None,
     no_tile: Annotated[bool, Opt("--no-tile", help="Never tile spatially.")] = False,
     num_frames: Annotated[
-        int | None, Opt(help="Packed LTX latents: the generation's frame count.")
+        int | None,
+        Opt(help="The generation's frame count: packed LTX latents, CogVideoX 1.5's padding."),
     ] = None,
     height: Annotated[int | None, Opt(help="Packed LTX latents: the generation's height.")] = None,
     width: Annotated[int | None, Opt(help="Packed LTX latents: the generation's width.")] = None,

@@ -308,12 +308,11 @@ def select_video(
     if c != preset.latent_channels:
         raise InputError(f"{path}: {channel_hint(c, preset)}")
     offset = 0
-    if preset.front_pad_multiple > 1 and t % preset.front_pad_multiple == 0:
-        # CogVideoX 1.5 pads 2N+1 latent frames to 2N+2 at the front; its pipeline drops the pad.
-        offset = preset.front_pad_multiple - 1
-        notes.append(
-            f"dropped {offset} leading padding latent frame(s), as the {preset.name} pipeline does"
-        )
+    if preset.front_pad_multiple > 1 and not lf.comfy:  # ComfyUI pads inside its model
+        num_frames = (size or VideoSize()).over(lf.meta_size).num_frames
+        offset, why = front_padding(t, preset, num_frames, path)
+        if why:
+            notes.append(why)
     view = LatentView(lf.array, stored, layout, offset, (s, b, c, t - offset, h, w))
     bad = view.count_nonfinite()
     if bad:
@@ -321,6 +320,37 @@ def select_video(
             f"{path}: latents contain {bad} NaN/Inf values; the sampler likely diverged"
         )
     return Selection(view=view, steps=steps, notes=tuple(notes))
+
+
+def front_padding(
+    t: int, preset: Preset, num_frames: int | None, path: Path
+) -> tuple[int, str | None]:
+    """Leading latent frames to drop, and why: CogVideoX 1.5's pipeline pads an odd latent count
+    to even at the front (81 frames: 21 → 22 latents), returns the pad with
+    output_type="latent" and drops it before decoding; an even count (85 frames: 22) is not
+    padded. The generation's frame count settles it; without it an even count is taken as padded,
+    as for the default 81 frames."""
+    m = preset.front_pad_multiple
+    if num_frames is not None:
+        real = (num_frames - 1) // preset.temporal_ratio + 1
+        if not 0 <= t - real < m:
+            raise InputError(
+                f"{path}: --num-frames {num_frames} makes {real} latent frames, "
+                f"not the {t} stored (± the pipeline's padding)"
+            )
+        pad = t - real
+        return (
+            pad,
+            f"dropped {pad} leading padding latent frame(s) (--num-frames {num_frames})"
+            if pad
+            else None,
+        )
+    if t % m:
+        return 0, None
+    return m - 1, (
+        f"dropped {m - 1} leading padding latent frame(s), as the {preset.name} pipeline does for "
+        "an odd count; pass --num-frames if the generation's count was even (e.g. 85)"
+    )
 
 
 def infer_layout(shape: tuple[int, ...], preset: Preset, comfy: bool) -> tuple[str, str | None]:

@@ -30,6 +30,15 @@ CODECS: dict[str, tuple[str, str, int | None, str]] = {
     "ffv1": ("ffv1", "gbrp", None, ".mkv"),
 }
 CONTAINERS = (".mp4", ".mkv", ".mov", ".webm")
+# Containers the bundled ffmpeg muxes each named codec into (others fail at its header write).
+FITS: dict[str, tuple[str, ...]] = {
+    "h264": (".mp4", ".mkv", ".mov"),
+    "h265": (".mp4", ".mkv", ".mov"),
+    "vp9": (".webm", ".mkv", ".mp4"),
+    "av1": (".mp4", ".mkv", ".webm"),
+    "prores": (".mov", ".mkv"),
+    "ffv1": (".mkv",),
+}
 STDERR_TAIL_LINES = 5
 
 
@@ -70,8 +79,11 @@ class EncodeOptions:
             raise UsageError("--lossless works with --codec h264 (libx264rgb) or ffv1")
         if self.lossless and path.suffix.lower() not in (".mp4", ".mkv"):
             raise UsageError(f"{path}: lossless output needs an .mp4 or .mkv file")
-        if self.encoder() == "ffv1" and path.suffix.lower() != ".mkv":
-            raise UsageError(f"{path}: FFV1 needs an .mkv file")
+        fits = FITS.get(self.codec, ())
+        if fits and path.suffix.lower() not in fits:
+            raise UsageError(
+                f"{path}: {self.codec} goes in {' or '.join(fits)} files, not this one"
+            )
         if self.fps <= 0:
             raise UsageError(f"--fps must be positive, not {self.fps}")
 

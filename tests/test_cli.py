@@ -102,6 +102,13 @@ def test_existing_output_and_skip_existing(tmp_path, cli):
         ("wan", ["sample.safetensors", "-m", "wan", "-o", "."], 2, "is a folder; use --out-dir"),
         (
             "wan",
+            ["sample.safetensors", "-m", "wan", "--codec", "prores", "-o", "x.mp4"],
+            2,
+            "prores goes in .mov or .mkv files",
+        ),
+        ("wan", ["sample.safetensors", "-m", "wan", "--codec", "h264", "-o", "x.webm"], 2, "h264"),
+        (
+            "wan",
             ["sample.safetensors", "-m", "wan", "--tile-size", "64", "--no-tile"],
             2,
             "--no-tile excludes --tile-size",

@@ -13,6 +13,7 @@ from latent2mp4.latents import (
     save_latents,
     select_video,
 )
+from latent2mp4.packed import VideoSize
 from latent2mp4.presets import load_preset
 
 from conftest import latents, whole
@@ -239,3 +240,24 @@ def test_cogvideox15_front_padding_is_dropped(tmp_path):
     assert whole(sel.view).shape[3] == 21 and "padding" in sel.notes[-1]
     assert torch.equal(whole(sel.view)[0], lf.tensor.permute(0, 2, 1, 3, 4)[:, :, 1:])
     assert whole(select_video(lf, load_preset("cogvideox")).view).shape[3] == 22
+
+
+def test_cogvideox15_padding_follows_the_generation_frame_count(tmp_path):
+    """85 frames make 22 latents the pipeline does not pad; 81 make 21, padded to 22. ComfyUI
+    pads inside its model, so its files keep every frame."""
+    lf = read_latent_file(
+        write(tmp_path / "c.safetensors", {"latents": latents((1, 22, 16, 2, 2))})
+    )
+    cog = load_preset("cogvideox1.5")
+    kept = select_video(lf, cog, size=VideoSize(num_frames=85))
+    assert whole(kept.view).shape[3] == 22 and not any("padding" in n for n in kept.notes)
+    padded = select_video(lf, cog, size=VideoSize(num_frames=81))
+    assert whole(padded.view).shape[3] == 21
+    with pytest.raises(InputError, match="--num-frames 49 makes 13 latent frames"):
+        select_video(lf, cog, size=VideoSize(num_frames=49))
+    path = tmp_path / "c.latent"
+    save_file(
+        {"latent_tensor": latents((1, 16, 4, 2, 2)), "latent_format_version_0": torch.tensor([])},
+        str(path),
+    )
+    assert whole(select_video(read_latent_file(path), cog).view).shape[3] == 4
