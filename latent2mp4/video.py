@@ -79,6 +79,10 @@ class EncodeOptions:
             raise UsageError("--lossless works with --codec h264 (libx264rgb) or ffv1")
         if self.lossless and path.suffix.lower() not in (".mp4", ".mkv"):
             raise UsageError(f"{path}: lossless output needs an .mp4 or .mkv file")
+        given = [f for f, v in (("--crf", self.crf), ("--bitrate", self.bitrate),
+                                ("--pix-fmt", self.pix_fmt)) if v is not None]  # fmt: skip
+        if self.lossless and given:
+            raise UsageError(f"--lossless fixes the encoding (RGB, QP 0); it excludes {given[0]}")
         fits = FITS.get(self.codec, ())
         if fits and path.suffix.lower() not in fits:
             raise UsageError(

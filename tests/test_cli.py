@@ -109,6 +109,12 @@ def test_existing_output_and_skip_existing(tmp_path, cli):
         ("wan", ["sample.safetensors", "-m", "wan", "--codec", "h264", "-o", "x.webm"], 2, "h264"),
         (
             "wan",
+            ["sample.safetensors", "-m", "wan", "--lossless", "--crf", "10"],
+            2,
+            "excludes --crf",
+        ),
+        (
+            "wan",
             ["sample.safetensors", "-m", "wan", "--tile-size", "64", "--no-tile"],
             2,
             "--no-tile excludes --tile-size",
