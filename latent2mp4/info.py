@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from latent2mp4.audio import latent_seconds
+from latent2mp4.errors import InputError
 from latent2mp4.latents import (
     default_key,
+    front_padding,
     infer_layout,
     list_tensors,
     recorded_size,
@@ -62,8 +64,12 @@ def describe_file(path: Path, own: Preset | None = None) -> dict[str, Any]:
             if dims is None or dims[0] != p.latent_channels:
                 continue
             _, t, h, w = dims
-            if p.front_pad_multiple > 1 and t % p.front_pad_multiple == 0:
-                t -= p.front_pad_multiple - 1
+            if p.front_pad_multiple > 1 and not comfy:  # as decode reads it
+                frames_made = recorded_size(metadata, path).num_frames
+                try:
+                    t -= front_padding(t, p, frames_made, path)[0]
+                except InputError:
+                    pass  # decode will say why; info shows the stored count
             frames = p.frames_out(t)
             fits.append(
                 (

@@ -256,3 +256,11 @@ def test_index_on_a_tensor_without_steps_is_noted(tmp_path, cli):
     run = cli("decode", f, "-m", "wan", "--decoder", "preview", "--index", "0")
     assert run.exit_code == 0, run.output
     assert "--index 0 ignored: only 6-D (steps,B,C,F,H,W) latents have steps" in run.output
+
+
+def test_info_reads_cogvideox15_padding_as_decode_does(tmp_path, cli):
+    z = torch.randn(1, 22, 16, 2, 2)
+    save_latents(tmp_path / "c85.safetensors", z, model="cogvideox1.5", num_frames=85)
+    save_latents(tmp_path / "c.safetensors", z, model="cogvideox1.5")
+    assert "22×2×2" in cli("info", tmp_path / "c85.safetensors").stdout  # not padded
+    assert "21×2×2" in cli("info", tmp_path / "c.safetensors").stdout  # the default 81-frame pad
