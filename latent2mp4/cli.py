@@ -32,6 +32,7 @@ from latent2mp4.batch import (
     shard,
 )
 from latent2mp4.compare import Comparison, open_all, plot_psnr, write_csv
+from latent2mp4.compare import check_outputs as check_compare_outputs
 from latent2mp4.compare import compare as run_compare
 from latent2mp4.compare import side_by_side as make_side_by_side
 from latent2mp4.errors import Interrupted, Latent2Mp4Error, UsageError
@@ -372,6 +373,8 @@ def compare(
         dtype=dtype.value,
     )
     with _errors("comparing", verbose):
+        wanted = {"--csv": csv, "--plot": plot, "--side-by-side": side_by_side}
+        check_compare_outputs(inputs, wanted, overwrite)
         sources = open_all(inputs, opts)
         result = run_compare(sources[0], sources[1:], resize=resize)
         if csv:

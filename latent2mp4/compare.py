@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from latent2mp4.errors import InputError, UsageError
+from latent2mp4.errors import InputError, OutputError, UsageError
 from latent2mp4.metrics import mae, psnr, ssim
 from latent2mp4.sources import Frames, FrameSource, open_all, open_frames
 from latent2mp4.video import EncodeOptions, VideoInfo, check_output, temp_path, write_video
@@ -231,6 +231,31 @@ def plot_psnr(path: Path, comparison: Comparison, overwrite: bool = False) -> Pa
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return _write_atomic(Path(path), overwrite, fig.savefig)
+
+
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def check_outputs(inputs: list[Path], outputs: dict[str, Path | None], overwrite: bool) -> None:
+    """Before any decoding: each output distinct, none an input (even with --overwrite), in a
+    format it can be written in, and not already there unless `overwrite`."""
+    given = {flag: Path(p) for flag, p in outputs.items() if p is not None}
+    sources = {i.resolve() for i in inputs}
+    seen: dict[Path, str] = {}
+    for flag, path in given.items():
+        where = path.resolve()
+        if where in sources:
+            raise UsageError(f"{flag} {path} is one of the inputs; name another file")
+        if where in seen:
+            raise UsageError(f"{seen[where]} and {flag} name the same file {path}")
+        seen[where] = flag
+        if flag == "--plot" and path.suffix.lower() not in PLOT_SUFFIXES:
+            raise UsageError(f"--plot {path}: use a {', '.join(PLOT_SUFFIXES)} file")
+        if flag == "--side-by-side":
+            EncodeOptions(fps=1.0).check(path)
+        if path.exists() and not overwrite:
+            raise OutputError(f"{path}: output exists; pass --overwrite to replace it")
+        check_output(path, overwrite=True)  # a folder, or an unwritable one
 
 
 def _write_atomic(path: Path, overwrite: bool, write: Callable[[Path], object]) -> Path:

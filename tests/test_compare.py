@@ -247,3 +247,24 @@ def test_plot_writes_a_png(ref, tmp_path):
     png = plot_psnr(tmp_path / "p.png", compare(a, [b, c]))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_outputs_are_checked_before_comparing(ref, tmp_path, cli):
+    """An output that is an input is refused even with --overwrite; clashing, unwritable or
+    existing outputs stop the run before any work, leaving nothing behind."""
+    frames, path = ref
+    b = save(noisy(frames, 5), tmp_path / "b.mkv")
+    before = b.read_bytes()
+    for args, code, message in (
+        (["--csv", b, "--overwrite"], 2, "is one of the inputs"),
+        (["--csv", tmp_path / "m.csv", "--plot", tmp_path / "m.csv"], 2, "name the same file"),
+        (["--plot", tmp_path / "p.txt"], 2, "--plot"),
+        (["--csv", tmp_path / "m.csv", "--side-by-side", b.with_name("x.avi")], 2, "container"),
+    ):
+        run = cli("compare", path, b, *args)
+        assert run.exit_code == code and message in run.stderr, run.output
+    (tmp_path / "s.mp4").write_bytes(b"keep")
+    run = cli("compare", path, b, "--csv", tmp_path / "m.csv", "--side-by-side", tmp_path / "s.mp4")
+    assert run.exit_code == 1 and "pass --overwrite" in run.stderr and "--skip" not in run.stderr
+    assert not (tmp_path / "m.csv").exists() and (tmp_path / "s.mp4").read_bytes() == b"keep"
+    assert b.read_bytes() == before
