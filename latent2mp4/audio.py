@@ -110,7 +110,7 @@ def plan_audio(
         if opts.audio_key is not None:
             raise UsageError(f"--audio-key: the {preset.name} preset decodes no audio")
         # Only safetensors headers are free to look at; other formats are not opened again.
-        if path.suffix == ".safetensors" and HIDDEN_AUDIO_KEY in _arrays(path):
+        if path.suffix.lower() == ".safetensors" and HIDDEN_AUDIO_KEY in _arrays(path):
             return None, (f"'{HIDDEN_AUDIO_KEY}' ignored: {preset.name} decodes no audio",)
         return None, ()
     key = opts.audio_key or spec.key

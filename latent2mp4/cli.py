@@ -447,7 +447,10 @@ def info(
         fits.add_column(col)
     for row in d["fits"]:
         fits.add_row(*row)
-    out.print(fits if d["fits"] else "no preset fits this tensor's channel count")
+    if d["empty"]:
+        out.print(f"'{d['key']}' has an empty dimension: there is nothing to decode")
+    else:
+        out.print(fits if d["fits"] else "no preset fits this tensor's channel count")
     if d["audio"]:
         sound = Table(title="audio", show_edge=False)
         for col in ("model", "tensor", "shape", "duration"):

@@ -450,7 +450,7 @@ def load_decoder(
     """
     if model is None:
         raise UsageError("load_decoder needs a model (a preset name or a preset YAML file)")
-    is_file = Path(str(model)).suffix in (".yaml", ".yml")
+    is_file = Path(str(model)).suffix.lower() in (".yaml", ".yml")
     opts = DecodeOptions(
         model=None if is_file else str(model),
         preset=Path(model) if is_file else None,

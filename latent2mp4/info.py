@@ -54,7 +54,8 @@ def describe_file(path: Path, own: Preset | None = None) -> dict[str, Any]:
     key = default_key(tensors)
     comfy = written_by_comfyui(tensors, path)
     fits = []
-    if key is not None:
+    empty = key is not None and 0 in tensors[key][1]
+    if key is not None and not empty:
         shape = tensors[key][1]
         for p in presets.values():
             if len(shape) == 3 and p.packed and shape[2] == p.latent_channels:
@@ -89,4 +90,11 @@ def describe_file(path: Path, own: Preset | None = None) -> dict[str, Any]:
             f"{latent_seconds(p.audio, shape[2]):.2f} s" if len(shape) == 4 else "not (B,C,L,bins)"
         )
         audio.append((p.name, p.audio.key, str(tuple(shape)), secs))
-    return {"tensors": tensors, "metadata": metadata, "fits": fits, "key": key, "audio": audio}
+    return {
+        "tensors": tensors,
+        "metadata": metadata,
+        "fits": fits,
+        "key": key,
+        "audio": audio,
+        "empty": empty,
+    }

@@ -160,7 +160,7 @@ def default_key(tensors: Collection[str]) -> str | None:
 
 def written_by_comfyui(tensors: Collection[str], path: Path) -> bool:
     """ComfyUI's SaveLatent adds its marker tensor and names files `.latent`."""
-    return COMFY_MARKER in tensors or path.suffix == ".latent"
+    return COMFY_MARKER in tensors or path.suffix.lower() == ".latent"
 
 
 @dataclass(frozen=True)

@@ -282,7 +282,7 @@ def _read_builtin_presets() -> tuple[Preset, ...]:
 def load_preset(name_or_path: str) -> Preset:
     """A built-in preset by name or alias, or a user's own YAML file."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml"):
+    if path.suffix.lower() in (".yaml", ".yml"):
         if not path.is_file():
             raise UsageError(f"{path}: preset file not found")
         return Preset.from_yaml(path)

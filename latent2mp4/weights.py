@@ -68,7 +68,7 @@ def _from_folder(path: Path) -> VaeSource:
         path = path / "vae"  # a whole pipeline folder
     files = _diffusers_files(path)
     if not files:
-        singles = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+        singles = sorted(p for p in path.iterdir() if p.suffix.lower() in WEIGHT_SUFFIXES)
         if len(singles) == 1:
             return VaeSource(
                 files=(singles[0],), config=_sibling_config(singles[0]), description=str(singles[0])
@@ -169,7 +169,7 @@ def open_tensors(files: tuple[Path, ...]) -> dict[str, tuple[tuple[int, ...], Re
     """Key → (shape, loader) over all files; nothing is read until a loader is called."""
     out: dict[str, tuple[tuple[int, ...], Reader]] = {}
     for path in files:
-        if path.suffix == ".safetensors":
+        if path.suffix.lower() == ".safetensors":
             out.update(_safetensors_entries(path))
         else:
             out.update(_pickle_entries(path))

@@ -264,3 +264,9 @@ def test_info_reads_cogvideox15_padding_as_decode_does(tmp_path, cli):
     save_latents(tmp_path / "c.safetensors", z, model="cogvideox1.5")
     assert "22×2×2" in cli("info", tmp_path / "c85.safetensors").stdout  # not padded
     assert "21×2×2" in cli("info", tmp_path / "c.safetensors").stdout  # the default 81-frame pad
+
+
+def test_info_on_an_empty_tensor_says_so(tmp_path, cli):
+    save_file({"latents": torch.zeros(1, 16, 0, 4, 4)}, str(tmp_path / "e.safetensors"))
+    run = cli("info", tmp_path / "e.safetensors")
+    assert run.exit_code == 0 and "empty dimension" in run.stdout and " fps" not in run.stdout

@@ -40,7 +40,8 @@ def test_folder_pipeline_folder_and_single_file_give_the_same_decoder(wan_dir, t
     (pipeline / "model_index.json").write_text("{}")
     single = tmp_path / "alone.safetensors"
     shutil.copy(wan_dir / WEIGHTS, single)  # no config.json: architecture from tensor shapes
-    for spec in (pipeline, single, wan_dir / WEIGHTS):
+    upper = shutil.copy(single, tmp_path / "ALONE.SAFETENSORS")  # suffixes in any case
+    for spec in (pipeline, single, wan_dir / WEIGHTS, upper):
         assert torch.equal(decode(str(spec)), reference), spec
 
 
