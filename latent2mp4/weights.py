@@ -18,7 +18,7 @@ from latent2mp4.arrays import all_finite
 from latent2mp4.errors import UsageError, WeightsError
 from latent2mp4.models import all_families, get_family
 from latent2mp4.models.family import Family
-from latent2mp4.presets import Normalization, Preset
+from latent2mp4.presets import Normalization, Preset, builtin_presets
 
 if TYPE_CHECKING:
     from latent2mp4.models.family import StreamModule
@@ -314,6 +314,24 @@ def _config_normalization(source: VaeSource, preset: Preset) -> Normalization | 
     return norm
 
 
+def _check_latent_channels(config: object, preset: Preset, family: str, where: str) -> None:
+    """A VAE for other latents (Wan 2.1's 16 channels against Wan 2.2's 48) is refused at load,
+    naming the weights, not at the first chunk naming the latents."""
+    found = getattr(config, "latent_channels", None) or getattr(config, "z_dim", None)
+    if not isinstance(found, int) or found == preset.latent_channels:
+        return
+    fits = [
+        p.name
+        for p in builtin_presets().values()
+        if p.family == preset.family and p.latent_channels == found
+    ]
+    hint = f" (--model {' or '.join(fits)})" if fits else ""
+    raise WeightsError(
+        f"{where}: a {found}-channel {family} VAE{hint}; --model {preset.name} decodes "
+        f"{preset.latent_channels}-channel latents"
+    )
+
+
 def _reason(e: BaseException) -> str:
     text = (str(e).strip().splitlines() or [""])[0][:160]
     return text or type(e).__name__
@@ -424,10 +442,18 @@ def load_vae(
             config = family.config_from_diffusers(source.config)
         else:
             config = family.config_from_shapes(shapes)
-    except (KeyError, ValueError, TypeError, IndexError, ZeroDivisionError) as e:
+    except KeyError as e:
+        if source.config is not None:
+            raise WeightsError(f"{cfg_where}: config.json lacks {e.args[0]!r}") from None
+        raise WeightsError(
+            f"{where}: checkpoint lacks the decoder weight {e.args[0]} (its shape tells the "
+            "architecture)"
+        ) from None
+    except (ValueError, TypeError, IndexError, ZeroDivisionError) as e:
         raise WeightsError(
             f"{cfg_where}: cannot build the {family.name} decoder config ({_reason(e)})"
         ) from None
+    _check_latent_channels(config, preset, family.name, cfg_where)
     try:
         with torch.device("meta"):
             decoder = family.build(config)

@@ -160,3 +160,18 @@ def test_repo_ids_and_the_preset_default_resolve_from_the_local_cache(
     assert WAN.hub_repo in source.description and source.config is not None
     with pytest.raises(WeightsError, match="not in the Hugging Face cache.*--vae"):
         resolve_vae("someone/absent", WAN)
+
+
+def test_single_files_for_other_latents_or_without_shape_keys_are_named(wan_dir, tmp_path):
+    """No config.json: the architecture comes from tensor shapes, so a Wan 2.1 file for Wan 2.2
+    latents (or a file missing the tensor a shape is read from) is refused at load."""
+    single = tmp_path / "wan21.safetensors"
+    shutil.copy(wan_dir / WEIGHTS, single)
+    wan22 = load_preset("wan2.2")
+    with pytest.raises(WeightsError, match="a 16-channel wan VAE .*--model wan2.2 decodes 48"):
+        load_vae(resolve_vae(str(single), wan22), wan22, "cpu", torch.float32)
+    state = load_file(str(single))
+    del state["decoder.conv_out.weight"]
+    save_file(state, str(tmp_path / "cut.safetensors"))
+    with pytest.raises(WeightsError, match="lacks the decoder weight decoder.conv_out.weight"):
+        load_vae(resolve_vae(str(tmp_path / "cut.safetensors"), WAN), WAN, "cpu", torch.float32)
