@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +43,17 @@ class Normalization:
 
     @classmethod
     def from_mapping(cls, d: dict[str, Any], source: str) -> Normalization:
+        if not isinstance(d, dict):
+            raise UsageError(f"{source}: normalization must be a mapping (mean/std or scale)")
+        numbers = [
+            v
+            for k in ("latents_mean", "mean", "latents_std", "std")
+            for v in (d.get(k) or [])
+            if isinstance(d.get(k), list)
+        ]
+        numbers += [d[k] for k in ("scaling_factor", "shift_factor", "sigma_data") if d.get(k)]
+        if not all(isinstance(v, int | float) and math.isfinite(v) for v in numbers):
+            raise UsageError(f"{source}: normalization values must be finite numbers")
         mean, std, scale = (
             d.get("latents_mean", d.get("mean")),
             d.get("latents_std", d.get("std")),
@@ -185,6 +197,11 @@ class Preset:
             raise UsageError(f"{path}: cannot read preset ({str(e).splitlines()[0]})") from None
         if not isinstance(d, dict):
             raise UsageError(f"{path}: a preset must be a YAML mapping")
+        unknown = sorted(set(d) - PRESET_KEYS)
+        if unknown:  # a misspelt optional section would otherwise do nothing, silently
+            raise UsageError(f"{path}: unknown preset key {unknown[0]!r}")
+        if not isinstance(d.get("aliases", []), list):
+            raise UsageError(f"{path}: aliases must be a list")
         try:
             prev = d["preview"]
             preset = cls(
@@ -192,9 +209,9 @@ class Preset:
                 aliases=tuple(d.get("aliases", ())),
                 description=str(d.get("description", d["name"])),
                 family=str(d["family"]),
-                latent_channels=int(d["latent_channels"]),
-                spatial_ratio=int(d["spatial_ratio"]),
-                temporal_ratio=int(d.get("temporal_ratio", 4)),
+                latent_channels=_whole(d["latent_channels"]),
+                spatial_ratio=_whole(d["spatial_ratio"]),
+                temporal_ratio=_whole(d.get("temporal_ratio", 4)),
                 layout=d.get("layout", "BCFHW"),
                 frames_rule=d.get("frames_rule", "causal"),
                 fps=float(d["fps"]),
@@ -224,7 +241,7 @@ class Preset:
             )
         except KeyError as e:
             raise UsageError(f"{path}: preset is missing the key {e}") from None
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, AttributeError) as e:
             raise UsageError(f"{path}: bad preset value ({e})") from None
         preset._check()
         return preset
@@ -237,6 +254,16 @@ class Preset:
             )
         if self.frames_rule not in ("causal", "paired"):
             raise UsageError(f"{where}: frames_rule must be causal or paired")
+        for key in ("latent_channels", "spatial_ratio", "temporal_ratio", "chunk_frames",
+                    "front_pad_multiple"):  # fmt: skip
+            if getattr(self, key) < 1:
+                raise UsageError(f"{where}: {key} must be at least 1, not {getattr(self, key)}")
+        from latent2mp4.models import FAMILY_MODULES  # the registry imports the presets
+
+        if self.family not in FAMILY_MODULES:
+            raise UsageError(
+                f"{where}: family must be one of {', '.join(FAMILY_MODULES)}, not {self.family!r}"
+            )
         rows_ok = all(len(r) == 3 for r in self.preview.factors)
         if (
             len(self.preview.factors) != self.latent_channels
@@ -258,6 +285,20 @@ class Preset:
         for space in (self.pipeline_latent_space, self.comfy_latent_space):
             if space not in ("model", "vae"):
                 raise UsageError(f"{where}: latent_space entries must be model or vae")
+
+
+PRESET_KEYS = frozenset(
+    "name aliases description family latent_channels spatial_ratio temporal_ratio layout "
+    "frames_rule fps normalization hub tiling dtype preview memory front_pad_multiple tiny "
+    "latent_space packed decode audio".split()
+)
+
+
+def _whole(v: Any) -> int:
+    """An integer field: 16.5 is refused rather than truncated."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or v != int(v):
+        raise ValueError(f"{v!r} is not a whole number")
+    return int(v)
 
 
 def _optional_float(v: Any) -> float | None:

@@ -84,6 +84,12 @@ def test_user_preset_file(tmp_path: Path):
         (("fps: 16", "fps: -1"), "fps"),
         (("family: wan\n", ""), "family"),
         (("layout: BCFHW", "layout: XYZ"), "layout"),
+        (("spatial_ratio: 8", "spatial_ratio: 0"), "spatial_ratio must be at least 1"),
+        (("latent_channels: 16", "latent_channels: 16.5"), "not a whole number"),
+        (("family: wan", "family: nope"), "family must be one of"),
+        (("aliases: [wan2.1, wan2.2-a14b]", "aliases: wan2.1"), "aliases must be a list"),
+        (("tiling:", "tilling:"), "unknown preset key 'tilling'"),
+        ((" std: [", " std: [.nan, "), "finite numbers"),
     ],
 )
 def test_bad_user_presets_are_usage_errors(tmp_path: Path, edit, message):
@@ -92,3 +98,12 @@ def test_bad_user_presets_are_usage_errors(tmp_path: Path, edit, message):
     bad.write_text(text.replace(*edit))
     with pytest.raises(UsageError, match=message):
         load_preset(str(bad))
+
+
+def test_normalization_must_be_a_mapping_of_finite_numbers():
+    from latent2mp4.presets import Normalization
+
+    with pytest.raises(UsageError, match="must be a mapping"):
+        Normalization.from_mapping([1, 2], "x.yaml")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="finite"):
+        Normalization.from_mapping({"scaling_factor": float("inf")}, "config.json")
