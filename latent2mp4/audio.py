@@ -126,6 +126,8 @@ def plan_audio(
             f"{path}: '{key}' is {tuple(a.shape)} {a.dtype}; expected unpacked float audio "
             "latents (B, C, L, bins) as LTX2Pipeline(output_type='latent') returns them"
         )
+    if 0 in a.shape:
+        raise InputError(f"{path}: '{key}' has an empty dimension {tuple(a.shape)}")
     if a.shape[0] != batch:
         raise InputError(
             f"{path}: '{key}' holds {a.shape[0]} clips but the video latents {batch}; each "
@@ -305,6 +307,33 @@ def decode_waveform(models: AudioModels, z: Tensor) -> np.ndarray:
     return wave[0].T.contiguous().cpu().numpy()
 
 
+WEBM_AUDIO = ("libopus", "libvorbis")
+BITRATE = re.compile(r"\d+(\.\d+)?[kKM]?")
+
+
+@functools.cache
+def ffmpeg_audio_encoders() -> frozenset[str]:
+    """The audio encoders the bundled ffmpeg has (`ffmpeg -encoders`, lines ` A..... name`)."""
+    argv = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-encoders"]
+    text = subprocess.run(argv, capture_output=True, text=True, errors="replace").stdout
+    return frozenset(ln.split()[1] for ln in text.splitlines() if ln.startswith(" A"))
+
+
+def check_audio_options(opts: DecodeOptions, suffix: str) -> None:
+    """--audio-codec/--audio-bitrate that ffmpeg would refuse only after the decoding started."""
+    if opts.audio_bitrate is not None and not BITRATE.fullmatch(opts.audio_bitrate):
+        raise UsageError(f"--audio-bitrate must look like 192k, not {opts.audio_bitrate!r}")
+    if opts.audio_codec is None:
+        return
+    codec, _ = audio_codec(opts, suffix)
+    if codec not in ffmpeg_audio_encoders():
+        raise UsageError(f"--audio-codec {opts.audio_codec}: ffmpeg has no such audio encoder")
+    if suffix.lower() == ".webm" and codec not in WEBM_AUDIO:
+        raise UsageError(f"{opts.audio_codec} audio does not go in .webm files; use opus")
+    if codec == "libvorbis" and suffix.lower() in (".mp4", ".mov"):
+        raise UsageError(f"vorbis audio does not go in {suffix} files; use .mkv or .webm")
+
+
 def audio_codec(opts: DecodeOptions, suffix: str) -> tuple[str, str | None]:
     """ffmpeg audio encoder and bitrate: --audio-codec, else FLAC for --lossless, Opus in WebM,
     AAC at 192 kb/s otherwise."""
@@ -345,6 +374,12 @@ def audio_track(
     if load is None:
         raise UsageError("the preview decoder has no audio; pass --no-audio")
     models = load()
+    expected = models.vae.cfg.latent_channels
+    if source.tensor.shape[1] != expected:
+        raise InputError(
+            f"'{source.key}' has {source.tensor.shape[1]} channels; the audio VAE "
+            f"({models.description}) decodes {expected}"
+        )
     samples = decode_waveform(models, source.tensor[batch : batch + 1])
     rate, channels = models.sample_rate, samples.shape[1]
     tmp = out.with_name(f".{out.name}.audio-{os.getpid()}.f32")

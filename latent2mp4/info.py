@@ -87,7 +87,11 @@ def describe_file(path: Path, own: Preset | None = None) -> dict[str, Any]:
             continue
         shape = tensors[p.audio.key][1]
         secs = (
-            f"{latent_seconds(p.audio, shape[2]):.2f} s" if len(shape) == 4 else "not (B,C,L,bins)"
+            "not (B,C,L,bins)"
+            if len(shape) != 4
+            else "empty"
+            if 0 in shape
+            else f"{latent_seconds(p.audio, shape[2]):.2f} s"
         )
         audio.append((p.name, p.audio.key, str(tuple(shape)), secs))
     return {

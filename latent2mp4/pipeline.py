@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from latent2mp4.audio import AudioResult, AudioSource, plan_audio
+from latent2mp4.audio import AudioResult, AudioSource, check_audio_options, plan_audio
 from latent2mp4.device import pick_device, pick_dtype, slow_dtype_note
 from latent2mp4.engine import TileGrid
 from latent2mp4.errors import InputError, UsageError
@@ -328,9 +328,11 @@ def validate(opts: DecodeOptions, n_inputs: int = 1) -> None:
         if opts.decoder != "preview":
             tile_grid(preset, opts.tile_size, opts.tile_stride)
     enc = encode_options(opts, opts.fps or 1.0, {})
-    enc.check(
+    target = (
         opts.out if opts.out is not None and opts.out.suffix else Path("x" + enc.default_suffix())
     )
+    enc.check(target)
+    check_audio_options(opts, target.suffix)
 
 
 def check_outputs(job: Job, opts: DecodeOptions) -> None:

@@ -343,3 +343,23 @@ def test_ltx2_video_and_sound_from_one_pipeline_folder(tmp_path, cli):
     assert "24000 Hz" in line and "flac" in line
     assert np.abs(got[: want.shape[0]] - want).max() <= READ_BACK
     assert got.shape[0] == 9 * 24000 // 24  # the video's duration: padded with silence
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda a: a[:, :, :0], "has an empty dimension"),
+        (lambda a: torch.cat([a, a], dim=1), "channels; the audio VAE"),
+    ],
+    ids=["empty", "channels"],
+)
+def test_audio_latents_that_do_not_fit_are_refused(tmp_path, pipeline, cli, edit, message):
+    root, preset, *_ = pipeline
+    video, audio = sample(1)
+    save_file(
+        {"latents": video, "audio_latents": edit(audio).contiguous()},
+        str(tmp_path / "z.safetensors"),
+    )
+    run = cli("decode", tmp_path / "z.safetensors", "--preset", preset, "--vae", root)
+    assert_one_line_error(run, 1, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["z.safetensors"]

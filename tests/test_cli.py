@@ -115,6 +115,19 @@ def test_existing_output_and_skip_existing(tmp_path, cli):
         ),
         (
             "wan",
+            ["sample.safetensors", "-m", "wan", "-o", "x.webm", "--audio-codec", "aac"],
+            2,
+            "webm",
+        ),
+        (
+            "wan",
+            ["sample.safetensors", "-m", "wan", "--audio-codec", "nonsense"],
+            2,
+            "no such audio",
+        ),
+        ("wan", ["sample.safetensors", "-m", "wan", "--audio-bitrate", "abc"], 2, "192k"),
+        (
+            "wan",
             ["sample.safetensors", "-m", "wan", "--tile-size", "64", "--no-tile"],
             2,
             "--no-tile excludes --tile-size",
