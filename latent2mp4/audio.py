@@ -165,6 +165,8 @@ def probe_audio_file(path: Path) -> AudioFile:
     # Without an output ffmpeg prints the streams and exits 1; the streams are what we need.
     text = subprocess.run(argv, capture_output=True, text=True, errors="replace").stderr
     stream, duration = AUDIO_STREAM.search(text), DURATION.search(text)
+    if stream is None and "Stream #" in text:
+        raise InputError(f"{path}: has no audio stream")
     if stream is None or duration is None:
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         why = lines[-1] if lines else "no output"

@@ -155,7 +155,14 @@ def _from_hub(repo: str, subfolder: str, default: bool) -> VaeSource:
             ) from None
     folder = Path(root) / subfolder
     if not folder.is_dir():
+        # A VAE-only repo keeps its files at the top; a pipeline without the subfolder does not
+        # (its other folders must not be taken for the one asked for).
         folder = Path(root)
+        if not (folder / "config.json").is_file() and not any(folder.glob("*.safetensors")):
+            raise WeightsError(
+                f"'{repo}' in the Hugging Face cache has no {subfolder}/ ({folder}); get it with "
+                f"huggingface-cli download {repo} --include '{subfolder}/*'"
+            )
     source = _from_folder(folder)
     return VaeSource(files=source.files, config=source.config, description=f"{repo} ({folder})")
 

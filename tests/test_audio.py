@@ -311,7 +311,10 @@ def test_unreadable_audio_file_publishes_nothing(tmp_path, cli):
     assert_one_line_error(run, 1, "missing.wav: audio file not found")
     run = cli(*args, "--audio", bad, "--no-audio")
     assert_one_line_error(run, 2, "--no-audio excludes --audio")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.wav", "z.safetensors"]
+    assert cli(*args, "-o", tmp_path / "silent.mp4").exit_code == 0  # a video without sound
+    run = cli(*args, "--audio", tmp_path / "silent.mp4", "-o", tmp_path / "out.mp4")
+    assert_one_line_error(run, 1, "silent.mp4: has no audio stream")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.wav", "silent.mp4", "z.safetensors"]
 
 
 def test_ltx2_video_and_sound_from_one_pipeline_folder(tmp_path, cli):

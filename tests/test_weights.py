@@ -160,6 +160,12 @@ def test_repo_ids_and_the_preset_default_resolve_from_the_local_cache(
     assert WAN.hub_repo in source.description and source.config is not None
     with pytest.raises(WeightsError, match="not in the Hugging Face cache.*--vae"):
         resolve_vae("someone/absent", WAN)
+    # A cached pipeline without the folder asked for: its other folders are not taken for it.
+    fake_hub_cache(cache, "someone/no-vae", wan_dir)
+    snapshot = next((cache / "models--someone--no-vae" / "snapshots").iterdir())
+    (snapshot / "vae").rename(snapshot / "transformer")
+    with pytest.raises(WeightsError, match="has no vae/ .*--include 'vae/\\*'"):
+        resolve_vae("someone/no-vae", WAN)
 
 
 def test_single_files_for_other_latents_or_without_shape_keys_are_named(wan_dir, tmp_path):
