@@ -313,6 +313,8 @@ def validate(opts: DecodeOptions, n_inputs: int = 1) -> None:
         raise UsageError(f"--latent-space must be auto, model or vae, not {opts.latent_space!r}")
     if opts.no_audio and (opts.audio is not None or opts.audio_codec is not None):
         raise UsageError("--no-audio excludes --audio and --audio-codec")
+    if opts.audio is not None and opts.audio_key is not None:
+        raise UsageError("--audio excludes --audio-key (a file's audio latents)")
     for flag, value in (("--tile-size", opts.tile_size), ("--tile-stride", opts.tile_stride)):
         if value is not None and value <= 0:
             raise UsageError(f"{flag} must be a positive number of pixels, not {value}")

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import yaml
 
+from latent2mp4.engine import TileGrid
 from latent2mp4.errors import UsageError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -278,6 +279,10 @@ class Preset:
             raise UsageError(
                 f"{where}: normalization has {n} channels, expected {self.latent_channels}"
             )
+        try:
+            TileGrid.from_pixels(self.tile_size, self.tile_stride, self.spatial_ratio)
+        except ValueError as e:
+            raise UsageError(f"{where}: tiling: {e}") from None
         if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
             raise UsageError(f"{where}: dtype must be auto, fp32, bf16 or fp16")
         if self.fps <= 0:

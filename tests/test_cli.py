@@ -128,6 +128,12 @@ def test_existing_output_and_skip_existing(tmp_path, cli):
         ("wan", ["sample.safetensors", "-m", "wan", "--audio-bitrate", "abc"], 2, "192k"),
         (
             "wan",
+            ["sample.safetensors", "-m", "wan", "--audio", "a.wav", "--audio-key", "k"],
+            2,
+            "excludes",
+        ),
+        (
+            "wan",
             ["sample.safetensors", "-m", "wan", "--tile-size", "64", "--no-tile"],
             2,
             "--no-tile excludes --tile-size",

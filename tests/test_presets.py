@@ -90,6 +90,7 @@ def test_user_preset_file(tmp_path: Path):
         (("aliases: [wan2.1, wan2.2-a14b]", "aliases: wan2.1"), "aliases must be a list"),
         (("tiling:", "tilling:"), "unknown preset key 'tilling'"),
         ((" std: [", " std: [.nan, "), "finite numbers"),
+        (("tiling:\n  size: ", "tiling:\n  size: 100 #"), "tiling: "),
     ],
 )
 def test_bad_user_presets_are_usage_errors(tmp_path: Path, edit, message):
