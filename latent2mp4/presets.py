@@ -23,6 +23,11 @@ StdOp = Literal["reciprocal", "multiply"]
 LAYOUT_AXES: dict[str, str] = {"BCFHW": "CFHW", "BFCHW": "FCHW", "BFHWC": "FHWC"}
 
 
+NUMERIC_KEYS = frozenset(
+    ("latents_mean", "mean", "latents_std", "std", "scaling_factor", "shift_factor", "sigma_data")
+)
+
+
 @dataclass(frozen=True)
 class Normalization:
     """How model-space latents map to VAE space: `z * std [/ scaling_factor] [/ sigma_data] +
@@ -46,15 +51,11 @@ class Normalization:
     def from_mapping(cls, d: dict[str, Any], source: str) -> Normalization:
         if not isinstance(d, dict):
             raise UsageError(f"{source}: normalization must be a mapping (mean/std or scale)")
-        numbers = [
-            v
-            for k in ("latents_mean", "mean", "latents_std", "std")
-            for v in (d.get(k) or [])
-            if isinstance(d.get(k), list)
-        ]
-        numbers += [d[k] for k in ("scaling_factor", "shift_factor", "sigma_data") if d.get(k)]
-        if not all(isinstance(v, int | float) and math.isfinite(v) for v in numbers):
-            raise UsageError(f"{source}: normalization values must be finite numbers")
+        for key in NUMERIC_KEYS & set(d):
+            values = d[key] if isinstance(d[key], list) else [d[key]]
+            finite = (isinstance(v, int | float) and math.isfinite(v) for v in values)
+            if d[key] is not None and not all(finite):
+                raise UsageError(f"{source}: {key} must hold finite numbers")
         mean, std, scale = (
             d.get("latents_mean", d.get("mean")),
             d.get("latents_std", d.get("std")),

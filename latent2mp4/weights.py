@@ -294,7 +294,8 @@ def normalization_from_config(config: Mapping[str, Any] | None) -> Normalization
         # Mochi's pipeline divides by scaling_factor too; Wan's config has none.
         scale = {"scaling_factor": config["scaling_factor"]} if "scaling_factor" in config else {}
         return Normalization.from_mapping(
-            {"mean": mean, "std": std, **scale}, config.get("_source", "config.json")
+            {"latents_mean": mean, "latents_std": std, **scale},
+            config.get("_source", "config.json"),
         )
     if config.get("scaling_factor") is not None:
         keys = ("scaling_factor", "shift_factor")
