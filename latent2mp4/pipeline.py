@@ -26,6 +26,7 @@ from latent2mp4.latents import (
     select_video,
 )
 from latent2mp4.memory import chunk_frames, return_large_buffers_to_the_os
+from latent2mp4.models import get_family
 from latent2mp4.models.family import TimestepSettings
 from latent2mp4.models.taehv import TINY_BYTES_PER_PIXEL, download_hint
 from latent2mp4.packed import VideoSize
@@ -238,6 +239,12 @@ def plan_latents(lf: LatentFile, opts: DecodeOptions, root: Path | None = None) 
     notes = (*sel.notes, f"latent space: {space} ({why})")
     if opts.decoder == "preview" and preset.preview.approximate:
         notes += (f"preview colours for {preset.name} are approximate (no published factors)",)
+    if opts.decoder != "vae" and space == "vae" and get_family(preset.family).normalization:
+        # LTX keeps its latent statistics in the VAE weights, which these decoders never load.
+        notes += (
+            f"VAE-space latents go to the {opts.decoder} decoder un-normalised: the "
+            f"{preset.name} statistics live in its VAE weights; colours may be off",
+        )
     lh, lw = sel.view.shape[-2:]
     h, w = lh * preset.spatial_ratio, lw * preset.spatial_ratio
     if max(h, w) > MAX_FRAME_SIDE:

@@ -440,3 +440,13 @@ def test_each_spatial_tile_draws_its_own_injected_noise() -> None:
     assert seeds[0] == 3 and len(set(seeds)) == 3
     draws = [torch.randn(8, generator=torch.Generator().manual_seed(s)) for s in seeds]
     assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+
+
+def test_weightless_decoders_say_vae_space_ltx2_latents_are_not_normalised(tmp_path, cli) -> None:
+    z = torch.randn(1, 128, 2, 2, 2)
+    save_file({"latents": z}, str(tmp_path / "z.safetensors"))  # LTX2Pipeline output: VAE space
+    base = ["decode", tmp_path / "z.safetensors", "-m", "ltx2", "--decoder", "preview"]
+    run = cli(*base, "-o", tmp_path / "a.mp4")
+    assert run.exit_code == 0 and "un-normalised" in run.stderr, run.output
+    run = cli(*base, "--latent-space", "model", "-o", tmp_path / "b.mp4")
+    assert run.exit_code == 0 and "un-normalised" not in run.stderr, run.output
