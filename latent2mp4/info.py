@@ -56,19 +56,18 @@ def describe_file(path: Path, own: Preset | None = None) -> dict[str, Any]:
     fits = []
     empty = key is not None and 0 in tensors[key][1]
     if key is not None and not empty:
-        shape = tensors[key][1]
+        shape, recorded = tensors[key][1], recorded_size(metadata, path)
         for p in presets.values():
             if len(shape) == 3 and p.packed and shape[2] == p.latent_channels:
-                fits.append(_packed_row(shape[1], p, recorded_size(metadata, path)))
+                fits.append(_packed_row(shape[1], p, recorded))
                 continue
             dims = _video_dims(shape, p, comfy)
             if dims is None or dims[0] != p.latent_channels:
                 continue
             _, t, h, w = dims
             if p.front_pad_multiple > 1 and not comfy:  # as decode reads it
-                frames_made = recorded_size(metadata, path).num_frames
                 try:
-                    t -= front_padding(t, p, frames_made, path)[0]
+                    t -= front_padding(t, p, recorded.num_frames, path)[0]
                 except InputError:
                     pass  # decode will say why; info shows the stored count
             frames = p.frames_out(t)

@@ -259,13 +259,11 @@ def select_video(
     recorded size.
     """
     path, notes = lf.path, []
+    flags, recorded = size or VideoSize(), lf.meta_size
+    given = flags.over(recorded)
     if len(lf.array.shape) == 3 and preset.packed and lf.array.dtype in FLOAT_DTYPES:
-        flags = size if size is not None else VideoSize()
-        given = flags.over(lf.meta_size)
         unpacked = unpack(lf.tensor, given, preset, str(path))
-        origin = {flags: "flags", lf.meta_size: "file metadata"}.get(
-            given, "flags over file metadata"
-        )
+        origin = {flags: "flags", recorded: "file metadata"}.get(given, "flags over file metadata")
         notes.append(
             f"unpacked tokens {tuple(lf.array.shape)} to {tuple(unpacked.shape)} ({origin})"
         )
@@ -309,8 +307,7 @@ def select_video(
         raise InputError(f"{path}: {channel_hint(c, preset)}")
     offset = 0
     if preset.front_pad_multiple > 1 and not lf.comfy:  # ComfyUI pads inside its model
-        num_frames = (size or VideoSize()).over(lf.meta_size).num_frames
-        offset, why = front_padding(t, preset, num_frames, path)
+        offset, why = front_padding(t, preset, given.num_frames, path)
         if why:
             notes.append(why)
     view = LatentView(lf.array, stored, layout, offset, (s, b, c, t - offset, h, w))

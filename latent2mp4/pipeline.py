@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -181,7 +180,7 @@ def plan_videos(
     bases = output_paths(source, opts, suffix, root)
     named = len(steps) > 1 or (steps[0] is not None and str(opts.index).strip() != "-1")
     # Padded for the whole trajectory, so a step has one name whichever steps a run picks.
-    width = max(3, len(str(total_steps - 1)), len(str(max((s or 0) for s in steps))))
+    width = max(3, len(str(total_steps - 1)))
     videos = []
     for pos, step in enumerate(steps):
         stem = bases.stem + (f"-step{step:0{width}d}" if named and step is not None else "")
@@ -314,8 +313,6 @@ def validate(opts: DecodeOptions, n_inputs: int = 1) -> None:
         raise UsageError(f"--out {opts.out} is a folder; use --out-dir to write into it")
     if opts.overwrite and opts.skip_existing:
         raise UsageError("--overwrite and --skip-existing exclude each other")
-    if opts.fps is not None and not (math.isfinite(opts.fps) and opts.fps > 0):
-        raise UsageError(f"--fps must be positive (frames per second), not {opts.fps:g}")
     if opts.latent_space not in ("auto", "model", "vae"):
         raise UsageError(f"--latent-space must be auto, model or vae, not {opts.latent_space!r}")
     if opts.no_audio and (opts.audio is not None or opts.audio_codec is not None):
@@ -336,7 +333,7 @@ def validate(opts: DecodeOptions, n_inputs: int = 1) -> None:
             raise UsageError(f"--decoder tiny needs --vae FILE; {download_hint(preset)}")
         if opts.decoder != "preview":
             tile_grid(preset, opts.tile_size, opts.tile_stride)
-    enc = encode_options(opts, opts.fps or 1.0, {})
+    enc = encode_options(opts, opts.fps if opts.fps is not None else 1.0, {})
     target = (
         opts.out if opts.out is not None and opts.out.suffix else Path("x" + enc.default_suffix())
     )

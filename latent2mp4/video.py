@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -88,8 +89,8 @@ class EncodeOptions:
             raise UsageError(
                 f"{path}: {self.codec} goes in {' or '.join(fits)} files, not this one"
             )
-        if self.fps <= 0:
-            raise UsageError(f"--fps must be positive, not {self.fps}")
+        if not (math.isfinite(self.fps) and self.fps > 0):
+            raise UsageError(f"--fps must be positive (frames per second), not {self.fps:g}")
 
 
 @dataclass(frozen=True)
