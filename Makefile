@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 SAMPLE := out/sample.safetensors
 
-.PHONY: demo test lint bench install install-test clean
+.PHONY: demo test lint bench install install-test wheel-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,21 @@ lint: install-test
 	$(VENV)/bin/ruff check latent2mp4 tests scripts
 	$(VENV)/bin/ruff format --check latent2mp4 tests scripts
 	$(VENV)/bin/mypy latent2mp4
+
+# What `pip install` gives a user: the wheel alone, in a fresh venv, run from another folder (no
+# source tree on the path): its presets must be inside it, and a preview decode must work.
+WHEEL_DIR := out/wheel
+wheel-check: install
+	rm -rf $(WHEEL_DIR) && mkdir -p $(WHEEL_DIR)
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(WHEEL_DIR) .
+	$(PY) scripts/check_wheel.py $(WHEEL_DIR)/latent2mp4-*.whl
+	$(PYTHON) -m venv $(WHEEL_DIR)/venv
+	$(WHEEL_DIR)/venv/bin/python -m pip install -q "$(TORCH)" $(WHEEL_DIR)/latent2mp4-*.whl
+	$(PY) scripts/make_sample.py $(WHEEL_DIR)/sample.safetensors --model wan
+	cd $(WHEEL_DIR) && venv/bin/latent2mp4 presets >presets.txt && grep -q "wan2.2" presets.txt
+	cd $(WHEEL_DIR) && venv/bin/latent2mp4 decode sample.safetensors -m wan --decoder preview \
+		-o sample.mp4 && test -s sample.mp4
+	@echo "wheel-check: the installed wheel lists its presets and decodes"
 
 bench: install
 	$(PY) -m pip install -q -e ".[bench]"

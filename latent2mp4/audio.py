@@ -27,10 +27,10 @@ from torch import Tensor, nn
 
 from latent2mp4.arrays import StoredArray, all_finite, open_arrays
 from latent2mp4.errors import InputError, UsageError, WeightsError
-from latent2mp4.models.ltx2_audio import AudioVaeConfig, AudioVaeDecoder
-from latent2mp4.models.ltx2_audio import rename_keys as audio_vae_keys
-from latent2mp4.models.ltx2_vocoder import BweConfig, BweVocoder, Vocoder, VocoderConfig
-from latent2mp4.models.ltx2_vocoder import rename_keys as vocoder_keys
+from latent2mp4.models.ltx2.audio import AudioVaeConfig, AudioVaeDecoder
+from latent2mp4.models.ltx2.audio import rename_keys as audio_vae_keys
+from latent2mp4.models.ltx2.vocoder import BweConfig, BweVocoder, Vocoder, VocoderConfig
+from latent2mp4.models.ltx2.vocoder import rename_keys as vocoder_keys
 from latent2mp4.presets import AudioPreset, Preset
 from latent2mp4.video import AudioTrack
 from latent2mp4.weights import (

@@ -20,8 +20,9 @@ from torch import Tensor
 
 from latent2mp4.arrays import StoredArray, count_nonfinite, dtype_name, in_memory, open_arrays
 from latent2mp4.errors import InputError, UsageError
+from latent2mp4.normalization import Normalization
 from latent2mp4.packed import VideoSize, unpack
-from latent2mp4.presets import LAYOUT_AXES, Normalization, Preset
+from latent2mp4.presets import LAYOUT_AXES, Preset
 
 LatentSpace = Literal["model", "vae", "auto"]
 PREFERRED_KEYS = ("latents", "latent", "samples", "latent_tensor")

@@ -16,9 +16,10 @@ from torch import Tensor
 
 from latent2mp4.arrays import all_finite
 from latent2mp4.errors import UsageError, WeightsError
-from latent2mp4.models import all_families, get_family
 from latent2mp4.models.family import Family
-from latent2mp4.presets import Normalization, Preset, builtin_presets
+from latent2mp4.models.registry import get_family
+from latent2mp4.normalization import Normalization
+from latent2mp4.presets import Preset, builtin_presets
 
 if TYPE_CHECKING:
     from latent2mp4.models.family import StreamModule
@@ -46,6 +47,12 @@ class LoadedVae:
     family: Family
     normalization: Normalization | None  # from the weights or config.json; overrides the preset's
     description: str
+
+
+def known_families() -> list[Family]:
+    """Every family a built-in preset decodes with, each once: what detection chooses among."""
+    names = dict.fromkeys(p.family for p in builtin_presets().values())
+    return [get_family(name) for name in names]
 
 
 def resolve_vae(spec: str | None, preset: Preset) -> VaeSource:
@@ -112,7 +119,7 @@ def _sibling_config(path: Path) -> dict[str, Any] | None:
     if not cfg_path.is_file():
         return None
     config = _read_config(cfg_path)
-    known = {c for f in all_families() for c in f.config_classes}
+    known = {c for f in known_families() for c in f.config_classes}
     return config if config.get("_class_name") in known else None
 
 
@@ -257,7 +264,7 @@ def _family_for(
     if config is not None:
         cls = config.get("_class_name")
         if cls and cls not in family.config_classes:
-            other = next((f.name for f in all_families() if cls in f.config_classes), None)
+            other = next((f.name for f in known_families() if cls in f.config_classes), None)
             hint = f" (a {other} VAE; pick a {other} --model)" if other else ""
             raise WeightsError(
                 f"{where}: config.json is {cls}{hint}, "
@@ -266,7 +273,7 @@ def _family_for(
         return family
     if not family.detect(keys):
         _require_decoder(keys, where)
-        other = next((f.name for f in all_families() if f is not family and f.detect(keys)), None)
+        other = next((f.name for f in known_families() if f is not family and f.detect(keys)), None)
         hint = f"they look like a {other} VAE" if other else "no known VAE layout matches"
         raise WeightsError(
             f"{where}: not {preset.family} VAE weights for --model {preset.name} ({hint})"

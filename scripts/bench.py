@@ -623,7 +623,7 @@ def make_tiny(name: str, workdir: Path) -> Path:
     from safetensors.torch import save_file
 
     from latent2mp4 import load_preset
-    from latent2mp4.models.taehv import TinyConfig, TinyDecoder
+    from latent2mp4.models.tiny.taehv import TinyConfig, TinyDecoder
 
     channels, patch, t_up = load_preset(FAMILIES[name].preset).tiny_variant
     path = workdir / "models" / f"{name}-taehv-{channels}ch.safetensors"
@@ -644,8 +644,8 @@ def count_macs(name: str, vae: Path, tiny: Path, size: tuple[int, int, int]) -> 
 
     from latent2mp4 import load_preset
     from latent2mp4.engine import decode_stream
-    from latent2mp4.models import get_family
-    from latent2mp4.models.taehv import TinyConfig, TinyDecoder
+    from latent2mp4.models.registry import get_family
+    from latent2mp4.models.tiny.taehv import TinyConfig, TinyDecoder
 
     preset = load_preset(FAMILIES[name].preset)
     family = get_family(preset.family)

@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from latent2mp4 import load_decoder
 from latent2mp4.audio import load_audio, probe_audio_file
-from latent2mp4.models.ltx2_audio import rename_keys as audio_vae_keys
-from latent2mp4.models.ltx2_vocoder import rename_keys as vocoder_keys
+from latent2mp4.models.ltx2.audio import rename_keys as audio_vae_keys
+from latent2mp4.models.ltx2.vocoder import rename_keys as vocoder_keys
 from latent2mp4.pipeline import DecodeOptions
 from latent2mp4.presets import CONFIG_DIR, load_preset
 from latent2mp4.video import read_video

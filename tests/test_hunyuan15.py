@@ -17,17 +17,17 @@ from safetensors.torch import load_file, save_file
 from latent2mp4.engine import TileGrid, decode_stream
 from latent2mp4.errors import WeightsError
 from latent2mp4.latents import denormalise, normalise
-from latent2mp4.models import all_families
-from latent2mp4.models.hunyuan15 import (
+from latent2mp4.models.hunyuan15.decoder import (
     FAMILY,
     Hunyuan15Config,
     Hunyuan15Decoder,
     detect,
     rename_keys,
 )
-from latent2mp4.presets import Normalization, load_preset
+from latent2mp4.normalization import Normalization
+from latent2mp4.presets import load_preset
 from latent2mp4.video import read_video
-from latent2mp4.weights import load_vae, resolve_vae
+from latent2mp4.weights import known_families, load_vae, resolve_vae
 
 from tiny_hunyuan15 import make_tiny_hunyuan15
 
@@ -221,7 +221,7 @@ def test_detect_tells_the_families_apart() -> None:
             )
         }
     assert detect(hv15)
-    assert [f.name for f in all_families() if f.detect(hv15)] == ["hunyuan1.5"]
+    assert [f.name for f in known_families() if f.detect(hv15)] == ["hunyuan1.5"]
     for name, keys in others.items():
         assert not detect(keys), name
 

@@ -15,9 +15,9 @@ from safetensors.torch import load_file, save_file
 
 from latent2mp4.engine import TileGrid, decode_stream
 from latent2mp4.latents import save_latents
-from latent2mp4.models import get_family
-from latent2mp4.models.ltx import LtxConfig, detect
-from latent2mp4.models.ltx_layers import Conditioned, LtxDecoder
+from latent2mp4.models.ltx.decoder import LtxConfig, detect
+from latent2mp4.models.ltx.layers import Conditioned, LtxDecoder
+from latent2mp4.models.registry import get_family
 from latent2mp4.video import read_video
 
 from tiny_ltx import make_tiny_ltx
@@ -433,7 +433,7 @@ def test_packed_sizes_checked_and_merged_with_metadata(tmp_path, cli) -> None:
 
 def test_each_spatial_tile_draws_its_own_injected_noise() -> None:
     """One state per tile (the engine's order); the first keeps the seed of an untiled decode."""
-    from latent2mp4.models.ltx_layers import Conditioned
+    from latent2mp4.models.ltx.layers import Conditioned
 
     bound = Conditioned(None, 0.05, 3)  # type: ignore[arg-type]  # no decoder needed
     seeds = [bound.new_state().seed for _ in range(3)]

@@ -188,7 +188,7 @@ def test_diffusers_naming_is_identity(deep) -> None:
 def test_detect_tells_families_apart() -> None:
     import diffusers
 
-    from latent2mp4.models import all_families
+    from latent2mp4.weights import known_families
 
     for name in ("AutoencoderKLCogVideoX", "AutoencoderKLWan", "AutoencoderKLHunyuanVideo"):
         with torch.device("meta"):
@@ -196,7 +196,7 @@ def test_detect_tells_families_apart() -> None:
         assert not detect(keys), name
     with torch.device("meta"):
         mochi_keys = diffusers.AutoencoderKLMochi().state_dict().keys()
-    others = [f.name for f in all_families() if f.name != "mochi" and f.detect(mochi_keys)]
+    others = [f.name for f in known_families() if f.name != "mochi" and f.detect(mochi_keys)]
     assert others == []
 
 
@@ -229,7 +229,7 @@ def test_preset_and_normalisation() -> None:
     assert norm.mean == tuple(cfg.latents_mean) and norm.std == tuple(cfg.latents_std)
     assert norm.scaling_factor == cfg.scaling_factor == 1.0
     # pipeline_mochi.py: latents * std / scaling_factor + mean, with any scaling factor
-    from latent2mp4.presets import Normalization
+    from latent2mp4.normalization import Normalization
 
     odd = Normalization(mean=norm.mean, std=norm.std, scaling_factor=0.7)
     z = torch.randn(1, 12, 2, 3, 3)

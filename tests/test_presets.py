@@ -86,7 +86,7 @@ def test_user_preset_file(tmp_path: Path):
         (("layout: BCFHW", "layout: XYZ"), "layout"),
         (("spatial_ratio: 8", "spatial_ratio: 0"), "spatial_ratio must be at least 1"),
         (("latent_channels: 16", "latent_channels: 16.5"), "not a whole number"),
-        (("family: wan", "family: nope"), "family must be one of"),
+        (("family: wan", "family: nope"), "unknown family"),
         (("aliases: [wan2.1, wan2.2-a14b]", "aliases: wan2.1"), "aliases must be a list"),
         (("tiling:", "tilling:"), "unknown preset key 'tilling'"),
         ((" std: [", " std: [.nan, "), "finite numbers"),
@@ -102,7 +102,7 @@ def test_bad_user_presets_are_usage_errors(tmp_path: Path, edit, message):
 
 
 def test_normalization_must_be_a_mapping_of_finite_numbers():
-    from latent2mp4.presets import Normalization
+    from latent2mp4.normalization import Normalization
 
     with pytest.raises(UsageError, match="must be a mapping"):
         Normalization.from_mapping([1, 2], "x.yaml")  # type: ignore[arg-type]

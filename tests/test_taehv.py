@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from latent2mp4.engine import TileGrid, decode_stream
 from latent2mp4.latents import denormalise
-from latent2mp4.models.taehv import TinyConfig, TinyDecoder, load_tiny
+from latent2mp4.models.tiny.taehv import TinyConfig, TinyDecoder, load_tiny
 from latent2mp4.presets import CONFIG_DIR, load_preset
 from latent2mp4.video import read_video
 

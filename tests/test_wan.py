@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from latent2mp4.engine import TileGrid, decode_stream
-from latent2mp4.models.wan import FAMILY, WanConfig, WanDecoder, detect, rename_keys
+from latent2mp4.models.wan.decoder import FAMILY, WanConfig, WanDecoder, detect, rename_keys
 
 from tiny_wan import make_tiny_wan
 

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from latent2mp4.engine import StreamDecoder
-    from latent2mp4.presets import Normalization
+    from latent2mp4.normalization import Normalization
 
     class StreamModule(nn.Module, StreamDecoder):
         """A built decoder as the type checker sees it: an `nn.Module` that also implements the

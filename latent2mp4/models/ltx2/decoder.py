@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from latent2mp4.models.family import Family, Shapes
-from latent2mp4.models.ltx import (
+from latent2mp4.models.ltx.decoder import (
     LtxConfig,
     build,
     detect,

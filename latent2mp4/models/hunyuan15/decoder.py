@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from latent2mp4.engine import Chunk
 from latent2mp4.models.family import Family, Shapes
-from latent2mp4.models.hunyuan15_layers import (
+from latent2mp4.models.hunyuan15.layers import (
     CausalConv3d,
     Hunyuan15State,
     MidBlock,

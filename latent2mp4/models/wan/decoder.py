@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from latent2mp4.engine import Chunk
 from latent2mp4.models.family import Family, Shapes
 from latent2mp4.models.layers import RMSNorm
-from latent2mp4.models.wan_layers import (
+from latent2mp4.models.wan.layers import (
     Attention,
     CausalConv3d,
     ResBlock,

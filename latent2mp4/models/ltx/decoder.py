@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from latent2mp4.models.family import Conditioning, Family, Shapes, TimestepSettings
-from latent2mp4.models.ltx_layers import Conditioned, Layout, LtxDecoder, PaddingMode
-from latent2mp4.presets import Normalization
+from latent2mp4.models.ltx.layers import Conditioned, Layout, LtxDecoder, PaddingMode
+from latent2mp4.normalization import Normalization
 
 UP_TYPES = {"spatiotemporal": (2, 2, 2), "spatial": (1, 2, 2), "temporal": (2, 1, 1)}
 

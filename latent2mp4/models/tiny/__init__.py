@@ -1,0 +1,1 @@
+"""Tiny decoders (`--decoder tiny`): small distilled decoders that approximate a family's VAE."""
