@@ -47,6 +47,7 @@ class LoadedVae:
     family: Family
     normalization: Normalization | None  # from the weights or config.json; overrides the preset's
     description: str
+    notes: tuple[str, ...] = ()  # said with every video (which reference the decode follows)
 
 
 def known_families() -> list[Family]:
@@ -468,6 +469,9 @@ def load_vae(
         raise WeightsError(
             f"{cfg_where}: cannot build the {family.name} decoder config ({_reason(e)})"
         ) from None
+    note = None
+    if family.for_naming is not None:
+        config, note = family.for_naming(config, entries.keys())
     _check_latent_channels(config, preset, family.name, cfg_where)
     try:
         with torch.device("meta"):
@@ -490,4 +494,5 @@ def load_vae(
             family.normalization(decoder) if family.normalization is not None else normalization
         ),
         description=where,
+        notes=(note,) if note else (),
     )

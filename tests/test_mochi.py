@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from latent2mp4.engine import TileGrid, decode_stream
 from latent2mp4.latents import denormalise, normalise
-from latent2mp4.models.mochi import FAMILY, MochiConfig, MochiDecoder, detect, rename_keys
+from latent2mp4.models.mochi.decoder import FAMILY, MochiConfig, MochiDecoder
+from latent2mp4.models.mochi.naming import detect, rename_keys
 from latent2mp4.presets import load_preset
 from latent2mp4.video import read_video
 from latent2mp4.weights import load_vae, resolve_vae
@@ -150,7 +152,9 @@ def deep(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.parametrize("naming", ["genmo", "comfyui"])
-def test_original_and_comfy_files_load_and_decode_the_same(deep, naming, tmp_path) -> None:
+def test_original_and_comfy_files_load_by_their_names(deep, naming, tmp_path) -> None:
+    """Several resnets per block in Genmo's naming load into the right places (the decode
+    itself is checked against Genmo's code in test_mochi_genmo.py)."""
     vae, decoder, state, config = deep
     decoder_keys = [k for k in state if k.startswith("decoder.")]
     original = {to_original(k, 3): state[k] for k in decoder_keys}
@@ -167,13 +171,31 @@ def test_original_and_comfy_files_load_and_decode_the_same(deep, naming, tmp_pat
     save_file(original, str(path))
     preset = load_preset("mochi")
     loaded = load_vae(resolve_vae(str(path), preset), preset, "cpu", torch.float32)
-    assert loaded.decoder.cfg == MochiConfig.from_diffusers(config)  # from shapes alone
+    # From shapes alone, and decoded as Genmo's code does (its names say where it comes from).
+    genmo_cfg = replace(MochiConfig.from_diffusers(config), drop_in_blocks=True)
+    assert loaded.decoder.cfg == genmo_cfg
     assert loaded.normalization is None  # no config.json: the preset's values apply
+    same = MochiDecoder(genmo_cfg).eval()
+    same.load_state_dict(decoder.state_dict())
     torch.manual_seed(3)
     z = torch.randn(1, 12, 2, 3, 3)
-    diff = (ours(loaded.decoder, z) - reference(vae, z, None)).abs().max().item()
+    diff = (ours(loaded.decoder, z) - ours(same, z)).abs().max().item()
     print(f"\nmochi {naming} single file: max abs {diff:.2e}")
     assert diff <= PARITY
+
+
+def test_diffusers_single_file_decodes_as_diffusers(deep, tmp_path) -> None:
+    """A diffusers-named file without its config.json still follows diffusers' decode."""
+    vae, _, state, _ = deep
+    save_file(state, str(tmp_path / "diffusion_pytorch_model.safetensors"))
+    preset = load_preset("mochi")
+    source = resolve_vae(str(tmp_path / "diffusion_pytorch_model.safetensors"), preset)
+    assert source.config is None
+    loaded = load_vae(source, preset, "cpu", torch.float32)
+    assert not loaded.decoder.cfg.drop_in_blocks and loaded.notes == ()
+    torch.manual_seed(3)
+    z = torch.randn(1, 12, 2, 3, 3)
+    assert (ours(loaded.decoder, z) - reference(vae, z, None)).abs().max().item() <= PARITY
 
 
 def test_diffusers_naming_is_identity(deep) -> None:

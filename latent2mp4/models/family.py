@@ -70,3 +70,7 @@ class Family:
     condition: (
         Callable[[nn.Module, TimestepSettings, int, tuple[int, ...]], Conditioning | None] | None
     ) = None
+    # For a family whose original release decodes differently from its diffusers port (Mochi's
+    # first frames): (config, the checkpoint's own key names, before renaming) → the config that
+    # decodes as the code those names come from, and a note saying so (None: nothing to say).
+    for_naming: Callable[[Any, Collection[str]], tuple[Any, str | None]] | None = None
