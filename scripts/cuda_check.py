@@ -10,7 +10,8 @@ For every family (the tests' tiny random configs, saved with `save_pretrained`):
   against our temporal tiles;
 - `decode_file(device="cuda", lossless=True)` end to end: frames against the diffusers
   pipeline's, in LSB;
-- bf16 on CUDA against our fp32: PSNR.
+- bf16 on CUDA against our fp32: PSNR;
+- Mochi in Genmo's own naming against Genmo's decode (tests/data/mochi_genmo): max abs.
 Tiny (taehv) decoders, base and Super, random weights at the released widths: fp32 on CUDA against
 fp32 on the CPU (LSB), fp16 on CUDA against that (PSNR), and `decode_file(--decoder tiny)` on CUDA.
 Sound (LTX-2 audio VAE + vocoder, and the bandwidth-extension vocoder): our waveform on CUDA
@@ -200,6 +201,7 @@ def main() -> int:
             p = psnr(read_video(bf16)[0], frames_out)
             report(f"{model} bf16 cuda vs our fp32 PSNR", p, p >= 30, " dB")
     tiny_checks(report)
+    genmo_check(report)
     for bwe in (False, True):
         with tempfile.TemporaryDirectory() as tmp:
             vae = make_tiny_audio_vae(Path(tmp) / "a").to(CUDA)
@@ -229,6 +231,26 @@ def main() -> int:
            stopped and len(got) == 4)  # fmt: skip
     print(f"{failures} failure(s)")
     return 1 if failures else 0
+
+
+def genmo_check(report: Callable[..., None]) -> None:
+    """Genmo-original Mochi weights on CUDA against Genmo's own decode (the golden fixture of
+    tests/test_mochi_genmo.py), one and several latent frames per call."""
+    from safetensors.torch import load_file
+
+    data = ROOT / "tests" / "data" / "mochi_genmo"
+    golden = load_file(data / "golden.safetensors")
+    preset = load_preset("mochi")
+    dec = load_vae(resolve_vae(str(data / "decoder.safetensors"), preset), preset, CUDA,
+                   torch.float32).decoder  # fmt: skip
+    for frames in (1, 4):
+        with torch.inference_mode():
+            chunks = decode_stream(dec, golden["vae_latents"], device=CUDA,
+                                   dtype=torch.float32, max_chunk_frames=frames)  # fmt: skip
+            got = torch.cat(list(chunks), dim=2).cpu()
+        diff = (got - golden["video"]).abs().max().item()
+        report(f"mochi Genmo file cuda, {frames} latent frame(s) per call, vs Genmo's decode",
+               diff, diff <= PARITY)  # fmt: skip
 
 
 def tiny_checks(report: Callable[..., None]) -> None:

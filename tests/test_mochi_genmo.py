@@ -59,6 +59,11 @@ def per_frame(a: torch.Tensor, b: torch.Tensor) -> list[float]:
     return (a - b).abs().amax(dim=(0, 1, 3, 4)).tolist()
 
 
+def lsb_per_frame(a: torch.Tensor, b: torch.Tensor) -> list[int]:
+    """Max 8-bit difference per frame once both are frames (see `to_frames`)."""
+    return np.abs(to_frames(a).astype(int) - to_frames(b)).max(axis=(0, 2, 3, 4)).tolist()
+
+
 def test_dit_latents_to_vae_latents(golden) -> None:
     """The preset's model-space statistics are Genmo's vae_stats.py, applied the same way."""
     got = denormalise(golden["dit_latents"], load_preset("mochi").normalization)
@@ -72,6 +77,7 @@ def test_genmo_file_matches_genmo_decode(golden, genmo_file, frames) -> None:
     assert got.shape == expected.shape == (2, 3, 13, 16, 24)
     diffs = per_frame(got, expected)
     print(f"\nmochi genmo file vs genmo decode, max abs per frame: {[f'{d:.1e}' for d in diffs]}")
+    print(f"  LSB per frame: {lsb_per_frame(got, expected)}")
     assert max(diffs) <= PARITY
 
 
@@ -81,8 +87,12 @@ def test_diffusers_order_would_differ(golden, genmo_file) -> None:
     the clip's start), so the fixture tells the two orders apart."""
     diffusers_order = MochiDecoder(replace(genmo_file.cfg, drop_in_blocks=False)).eval()
     diffusers_order.load_state_dict(genmo_file.state_dict())
-    diffs = per_frame(ours(diffusers_order, golden["vae_latents"]), golden["video"])
-    print(f"\nmochi diffusers order vs genmo decode, max abs per frame: {diffs}")
+    got = ours(diffusers_order, golden["vae_latents"])
+    diffs = per_frame(got, golden["video"])
+    print(
+        f"\nmochi diffusers order vs genmo decode, max abs per frame: {[f'{d:.2g}' for d in diffs]}"
+    )
+    print(f"  LSB per frame: {lsb_per_frame(got, golden['video'])}")
     assert diffs[0] > 0.05 and diffs[-1] < diffs[0]
 
 
