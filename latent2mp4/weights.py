@@ -384,7 +384,9 @@ def _check_compression(
 ) -> None:
     """A VAE whose config states another spatial compression than the preset's (a Wan 2.1 VAE,
     x8, given for Wan 2.2's x16 latents) would make frames of another size than planned."""
-    ratio = getattr(config, "scale_factor_spatial", None)
+    ratio = getattr(config, "scale_factor_spatial", None) or getattr(
+        config, "spatial_compression_ratio", None
+    )
     if not isinstance(ratio, int) or ratio == preset.spatial_ratio:
         return
     fits = [

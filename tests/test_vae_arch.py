@@ -5,6 +5,7 @@ of the same weights (≤ 1e-4 through the Python API, ≤ 1 LSB through the CLI'
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,7 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
+from test_hunyuan15 import to_tencent
 
 import latent2mp4
 from latent2mp4.presets import load_preset
@@ -316,3 +318,33 @@ def test_batch_plans_every_file_against_the_vae(tmp_path, cli) -> None:
     assert (
         "latents have 16 channels" in run.output and "the VAE has 8 latent channels" in run.output
     )
+
+
+def test_hunyuan15_release_folder_with_its_own_channels(tmp_path, cli) -> None:
+    """Tencent's vae/ folder (AutoencoderKLConv3D config.json, original key names) whose config
+    says 16 latent channels decodes 16-channel latents with its own scaling and shift."""
+    case = CASES["hunyuan1.5"]
+    vae = case.make(tmp_path / "diffusers", case.variant, seed=5, **case.overrides)
+    folder = tmp_path / "vae"
+    folder.mkdir()
+    state = load_file(tmp_path / "diffusers" / WEIGHTS)
+    save_file({to_tencent(k): v for k, v in state.items()}, str(folder / WEIGHTS))
+    config = {
+        "_class_name": "AutoencoderKLConv3D", "in_channels": 3, "out_channels": 3,
+        "latent_channels": 16, "block_out_channels": list(vae.config.block_out_channels),
+        "layers_per_block": 1, "ffactor_spatial": 16, "ffactor_temporal": 4,
+        "scaling_factor": 0.9, "shift_factor": 0.25,
+    }  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+    z = sample(case, 1, seed=4)
+    save_file({"latents": z}, str(tmp_path / "z.safetensors"))
+    run = cli(
+        "decode", tmp_path / "z.safetensors", "-m", "hunyuan1.5", "--vae", folder,
+        "--latent-space", "model", "--lossless", "--no-tile", "-o", tmp_path / "o.mkv",
+    )  # fmt: skip
+    assert run.exit_code == 0, run.output
+    got, _ = read_video(tmp_path / "o.mkv")
+    want = frames_of(reference(vae, z / 0.9 + 0.25)[0])
+    lsb = np.abs(got.astype(int) - want.astype(int)).max()
+    print(f"\nhunyuan1.5 Tencent release folder, 16 channels: max {lsb} LSB")
+    assert lsb <= 1
