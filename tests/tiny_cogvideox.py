@@ -31,7 +31,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def make_tiny_cogvideox(path: Path, variant: str = "tiny", seed: int = 0, **overrides: Any) -> Any:
     """Build, perturb (every parameter gets N(0, 0.1) noise) and save a diffusers
-    `AutoencoderKLCogVideoX` into `path`; returns the model in eval mode, fp32, on CPU."""
+    `AutoencoderKLCogVideoX` into `path`; returns the model in eval mode, fp32, on CPU.
+    `overrides` replace config entries (off-release widths or latent channels)."""
     from diffusers import AutoencoderKLCogVideoX
 
     torch.manual_seed(seed)

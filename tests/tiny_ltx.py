@@ -54,7 +54,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 
 def make_tiny_ltx(path: Path, variant: str = "v090", seed: int = 0, **overrides: Any) -> Any:
     """Build a diffusers LTX VAE with perturbed random weights and latent statistics, save it to
-    `path` (`save_pretrained`) and return it in eval mode (fp32, CPU)."""
+    `path` (`save_pretrained`) and return it in eval mode (fp32, CPU).
+    `overrides` replace config entries (off-release widths or latent channels)."""
     import diffusers
 
     cls, kwargs = VARIANTS[variant]
