@@ -16,7 +16,17 @@ import torch
 from latent2mp4.arrays import LATENT_SUFFIXES
 from latent2mp4.decoder import Decoder, ProgressFn
 from latent2mp4.errors import Latent2Mp4Error, UsageError
-from latent2mp4.pipeline import DecodeOptions, Job, VideoResult, all_skipped, check_outputs, plan
+from latent2mp4.latents import VaeLatents
+from latent2mp4.pipeline import (
+    DecodeOptions,
+    Job,
+    VideoResult,
+    all_skipped,
+    check_outputs,
+    plan,
+    vae_for,
+)
+from latent2mp4.presets import Preset
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,24 @@ class Batch:
     on_job: Callable[[Job], ProgressFn | None] = lambda job: None
     decoders: dict[str, Decoder | Latent2Mp4Error] = field(default_factory=dict)
     claimed: dict[Path, Path] = field(default_factory=dict)  # output → the input that made it
+    vaes: dict[str, VaeLatents | None | Latent2Mp4Error] = field(default_factory=dict)
+
+    def vae_for(self, preset: Preset) -> VaeLatents | None:
+        """What this preset's VAE decodes: the loaded decoder's, else read once from its config
+        or tensor headers (no weights load), for every file of the run."""
+        key = preset.source or preset.name
+        loaded = self.decoders.get(key)
+        if isinstance(loaded, Decoder):
+            return loaded.vae
+        if key not in self.vaes:
+            try:
+                self.vaes[key] = vae_for(self.opts, preset)
+            except Latent2Mp4Error as e:  # remembered, as a decoder that failed to load is
+                self.vaes[key] = e
+        cached = self.vaes[key]
+        if isinstance(cached, Latent2Mp4Error):
+            raise cached
+        return cached
 
     def decoder_for(self, job: Job) -> Decoder:
         key = job.preset.source or job.preset.name
@@ -151,7 +179,7 @@ class Batch:
         start = time.perf_counter()
         doing = "reading the latents"
         try:
-            job = plan(item.path, self.opts, item.root)
+            job = plan(item.path, self.opts, item.root, self.vae_for)
             self.claim(item.path, job.outputs)
             check_outputs(job, self.opts)
             results = all_skipped(job, self.opts)

@@ -26,6 +26,8 @@ from latent2mp4.frames import prefetch, to_frames
 from latent2mp4.latents import (
     Latents,
     LatentSpace,
+    VaeLatents,
+    check_channels,
     denormalise,
     latents_in_memory,
     normalise,
@@ -118,6 +120,8 @@ class Decoder:
         self.audio: Callable[[], AudioModels] | None = None  # loads on first audio latents
         self._condition: Callable[[int, tuple[int, ...]], Conditioning] | None = None
         self.notes: tuple[str, ...] = ()  # said with every video (naming, timestep conditioning)
+        # What the loaded VAE decodes (its channels and own normalisation); None: the preset's
+        self.vae: VaeLatents | None = None
         if options.decoder == "preview":
             self.module = cast("StreamModule", PreviewDecoder(preset).to(self.device))
             self.dtype = torch.float32
@@ -131,6 +135,7 @@ class Decoder:
             return
         loaded = load_vae(resolve_vae(options.vae, preset), preset, self.device, self.dtype)
         self.module = loaded.decoder
+        self.vae = loaded.latents
         self.normalization = preset.normalization.with_values_of(loaded.normalization)
         self.description = loaded.description
         self.audio = audio_loader(options, preset, self.device)
@@ -265,10 +270,14 @@ class Decoder:
 
     def plan(self, latents: Latents | str | Path, opts: DecodeOptions) -> Job:
         """Validate `latents` (a path or in memory) for this decoder's preset; no decoding."""
+
+        def in_hand(preset: Preset) -> VaeLatents | None:
+            return self.vae if preset.name == self.preset.name else None
+
         if isinstance(latents, str | Path):
-            job = plan(Path(latents), opts)
+            job = plan(Path(latents), opts, vae=in_hand)
         else:
-            job = plan_latents(latents_in_memory(latents), opts)
+            job = plan_latents(latents_in_memory(latents), opts, vae=in_hand)
         if job.preset.name != self.preset.name:
             raise UsageError(
                 f"{job.latent.path}: these latents are for {job.preset.name}; "
@@ -278,6 +287,9 @@ class Decoder:
 
     def stream(self, job: Job, video: Video) -> Iterator[Tensor]:
         """Pixel chunks `(1, 3, f, H, W)` in [-1, 1] of one video of `job`, in time order."""
+        if self.vae is not None and self.vae.channels is not None:
+            # A job planned before its VAE was known (a repo id downloaded only at load)
+            check_channels(job.view.shape[2], job.latent, job.preset, self.vae)
         prepare = self._input_space(job.space)
         module: StreamDecoder = self.module
         mix = None

@@ -38,6 +38,21 @@ Latents = Tensor | np.ndarray | Sequence[Tensor]
 
 
 @dataclass(frozen=True)
+class VaeLatents:
+    """What the VAE in hand decodes, read from its own config.json or tensor shapes before any
+    weight loads: the authority for the latents once a VAE is given (the preset's numbers serve
+    files without one, the preview decoder and `info`)."""
+
+    channels: int | None  # None: not known before loading (a Hugging Face repo not cached yet)
+    origin: str  # where `channels` was read, for messages
+    # The VAE's own latents_mean/std (or scaling factor) from its config.json, if any
+    normalization: Normalization | None = None
+    statistics_in_weights: bool = False  # LTX: latents_mean/std are tensors of the checkpoint
+    # Another built-in preset whose latents this VAE fits (a Wan 2.1 VAE: --model wan)
+    fits: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class LatentFile:
     """A latent array as stored (not read yet), with what the file says about itself."""
 
@@ -250,8 +265,11 @@ def select_video(
     layout: str | None = None,
     index: str | int = -1,
     size: VideoSize | None = None,
+    vae: VaeLatents | None = None,
 ) -> Selection:
     """Validate the stored array and view it as `(S, B, C, T, h, w)`.
+
+    The channel count must be the VAE's (`vae`, when one is given), else the preset's.
 
     4-D arrays get a batch axis; 6-D arrays have a leading trajectory axis whose steps are
     chosen by `index` (see `parse_index`). Shape and dtype come from the header; the values are
@@ -262,7 +280,9 @@ def select_video(
     path, notes = lf.path, []
     flags, recorded = size or VideoSize(), lf.meta_size
     given = flags.over(recorded)
+    expected = preset.latent_channels if vae is None else vae.channels
     if len(lf.array.shape) == 3 and preset.packed and lf.array.dtype in FLOAT_DTYPES:
+        check_channels(lf.array.shape[2], lf, preset, vae, "packed latents")
         unpacked = unpack(lf.tensor, given, preset, str(path))
         origin = {flags: "flags", recorded: "file metadata"}.get(given, "flags over file metadata")
         notes.append(
@@ -297,15 +317,14 @@ def select_video(
             "expected (C,F,H,W), (B,C,F,H,W) or (steps,B,C,F,H,W)"
         )
     if layout is None:
-        layout, why = infer_layout(full, preset, lf.comfy)
+        layout, why = infer_layout(full, preset, lf.comfy, expected)
         if why:
             notes.append(why)
     c, t, h, w = (full[2 + LAYOUT_AXES[layout].index(a)] for a in "CFHW")
     s, b = full[:2]
     if any(d == 0 for d in shape):
         raise InputError(f"{path}: latents have an empty dimension {shape}")
-    if c != preset.latent_channels:
-        raise InputError(f"{path}: {channel_hint(c, preset)}")
+    check_channels(c, lf, preset, vae)
     offset = 0
     if preset.front_pad_multiple > 1 and not lf.comfy:  # ComfyUI pads inside its model
         offset, why = front_padding(t, preset, given.num_frames, path)
@@ -351,29 +370,55 @@ def front_padding(
     )
 
 
-def infer_layout(shape: tuple[int, ...], preset: Preset, comfy: bool) -> tuple[str, str | None]:
+def infer_layout(
+    shape: tuple[int, ...], preset: Preset, comfy: bool, channels: int | None = None
+) -> tuple[str, str | None]:
     """The layout of `(S, B, ?, ?, h, w)`, and a note when it is not the expected one.
 
     Expected: ComfyUI's (B, C, F, H, W) for its files, else the preset's. The other layout is taken
     only when it alone gives the model's channel count (a CogVideoX latent saved channels-first, a
-    Wan latent saved frames-first), so an unambiguous file never needs --layout.
+    Wan latent saved frames-first), so an unambiguous file never needs --layout. `channels`: the
+    VAE's count where one is given, else the preset's.
     """
     expected = "BCFHW" if comfy else preset.layout
     other = "BFCHW" if expected == "BCFHW" else "BCFHW"
-    channels = {name: shape[2 + axes.index("C")] for name, axes in LAYOUT_AXES.items()}
-    c = preset.latent_channels
-    if channels[expected] != c and channels[other] == c:
+    found = {name: shape[2 + axes.index("C")] for name, axes in LAYOUT_AXES.items()}
+    c = preset.latent_channels if channels is None else channels
+    if found[expected] != c and found[other] == c:
         return other, f"read as {other}: only that gives {c} channels (--layout to force)"
     return expected, None
 
 
-def channel_hint(channels: int, preset: Preset) -> str:
+def channel_hint(channels: int, preset: Preset, what: str = "latents") -> str:
     from latent2mp4.presets import builtin_presets
 
     fits = [p.name for p in builtin_presets().values() if p.latent_channels == channels]
     hint = f" (did you mean {' or '.join(fits)}?)" if fits else ""
     expected = preset.latent_channels
-    return f"latents have {channels} channels; --model {preset.name} expects {expected}{hint}"
+    return f"{what} have {channels} channels; --model {preset.name} expects {expected}{hint}"
+
+
+def check_channels(
+    channels: int,
+    lf: LatentFile,
+    preset: Preset,
+    vae: VaeLatents | None,
+    what: str = "latents",
+) -> None:
+    """The latents' channel count must be the VAE's when one is given (both numbers and where
+    each was read are named), else the preset's."""
+    if vae is None:
+        if channels != preset.latent_channels:
+            raise InputError(f"{lf.path}: {channel_hint(channels, preset, what)}")
+        return
+    if vae.channels is None or channels == vae.channels:
+        return
+    fits = f"; it decodes --model {' or '.join(vae.fits)} latents" if vae.fits else ""
+    raise InputError(
+        f"{lf.path}: {what} have {channels} channels (tensor '{lf.key}', shape "
+        f"{tuple(lf.array.shape)}); the VAE has {vae.channels} latent channels "
+        f"({vae.origin}){fits}"
+    )
 
 
 def resolve_latent_space(

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -20,6 +21,7 @@ from latent2mp4.latents import (
     LatentFile,
     LatentSpace,
     LatentView,
+    VaeLatents,
     read_latent_file,
     resolve_latent_space,
     select_video,
@@ -32,6 +34,7 @@ from latent2mp4.packed import VideoSize
 from latent2mp4.presets import Preset, builtin_presets, load_preset
 from latent2mp4.tiling import choose_grid, tile_grid
 from latent2mp4.video import EncodeOptions, check_output
+from latent2mp4.weights import vae_latents
 
 log = logging.getLogger(__name__)
 
@@ -215,22 +218,57 @@ def encode_options(opts: DecodeOptions, fps: float, metadata: dict[str, str]) ->
     )
 
 
-def plan(path: Path, opts: DecodeOptions, root: Path | None = None) -> Job:
+VaeLookup = Callable[[Preset], VaeLatents | None]  # what the VAE for a preset decodes
+
+
+def plan(
+    path: Path, opts: DecodeOptions, root: Path | None = None, vae: VaeLookup | None = None
+) -> Job:
     """Read and validate one latent file and work out its outputs; cheap, no weights.
 
-    `root` is the folder an input was found under, mirrored below --out-dir.
+    `root` is the folder an input was found under, mirrored below --out-dir. `vae` tells what
+    the VAE for a preset decodes (a loaded decoder's, or a batch's cache); None: read it here.
     """
-    return plan_latents(read_latent_file(path, opts.key), opts, root)
+    return plan_latents(read_latent_file(path, opts.key), opts, root, vae)
 
 
-def plan_latents(lf: LatentFile, opts: DecodeOptions, root: Path | None = None) -> Job:
+def vae_for(opts: DecodeOptions, preset: Preset) -> VaeLatents | None:
+    """What the VAE `--vae` names decodes, read from its config or tensor headers (no weights
+    load); None where the preset's numbers apply: no --vae (the preset's own release VAE), or
+    the preview and tiny decoders."""
+    if opts.decoder != "vae" or opts.vae is None:
+        return None
+    return vae_latents(opts.vae, preset)
+
+
+def check_normalization(preset: Preset, vae: VaeLatents, where: Path) -> None:
+    """Model-space latents are de-normalised with the VAE's own numbers where it has them,
+    else with the preset's, which must then fit the VAE's channel count."""
+    if vae.statistics_in_weights or vae.channels is None:
+        return
+    norm = preset.normalization.with_values_of(vae.normalization)
+    if norm.channels is not None and norm.channels != vae.channels:
+        raise InputError(
+            f"{where}: --model {preset.name}'s normalization has {norm.channels} per-channel "
+            f"values ({preset.source or 'preset'}) but the VAE has {vae.channels} latent "
+            f"channels ({vae.origin}) and no latents_mean/latents_std of its own; pass "
+            "VAE-space latents (--latent-space vae) or a preset whose numbers fit (--preset)"
+        )
+
+
+def plan_latents(
+    lf: LatentFile, opts: DecodeOptions, root: Path | None = None, vae: VaeLookup | None = None
+) -> Job:
     """`plan` for latents already opened (a file, or a tensor in memory)."""
     return_large_buffers_to_the_os()  # before the first large buffer: the NaN/Inf scan's
     path = lf.path
     preset = pick_preset(opts, lf)
     size = VideoSize(opts.num_frames, opts.height, opts.width)
-    sel = select_video(lf, preset, opts.layout, opts.index, size)
+    in_hand = vae(preset) if vae is not None else vae_for(opts, preset)
+    sel = select_video(lf, preset, opts.layout, opts.index, size, in_hand)
     space, why = resolve_latent_space(lf, opts.latent_space, preset)
+    if in_hand is not None and space == "model":
+        check_normalization(preset, in_hand, path)
     fps = opts.fps or lf.meta_fps or preset.fps
     suffix = encode_options(opts, fps, {}).default_suffix()
     total = lf.array.shape[0] if len(lf.array.shape) == 6 else 1

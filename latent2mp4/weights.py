@@ -16,6 +16,7 @@ from torch import Tensor
 
 from latent2mp4.arrays import all_finite
 from latent2mp4.errors import UsageError, WeightsError
+from latent2mp4.latents import VaeLatents
 from latent2mp4.models.family import Family
 from latent2mp4.models.registry import get_family
 from latent2mp4.normalization import Normalization
@@ -42,11 +43,27 @@ class VaeSource:
 
 
 @dataclass(frozen=True)
+class VaeSpec:
+    """A VAE as its own config.json or tensor shapes describe it, before any tensor is read:
+    enough to check latents against it and to build its decoder."""
+
+    source: VaeSource
+    entries: dict[str, tuple[tuple[int, ...], Reader]]
+    family: Family
+    mapping: dict[str, str]  # checkpoint key → decoder module key
+    config: Any  # the family's architecture config
+    where: str  # what the architecture was read from, for messages
+    latents: VaeLatents
+    note: str | None = None  # which reference the decode follows, where that matters
+
+
+@dataclass(frozen=True)
 class LoadedVae:
     decoder: StreamModule
     family: Family
     normalization: Normalization | None  # from the weights or config.json; overrides the preset's
     description: str
+    latents: VaeLatents
     notes: tuple[str, ...] = ()  # said with every video (which reference the decode follows)
 
 
@@ -58,8 +75,15 @@ def known_families() -> list[Family]:
 
 def resolve_vae(spec: str | None, preset: Preset) -> VaeSource:
     """Turn `--vae` (or the preset's default repo when None) into files on disk."""
+    source = _resolve(spec, preset, local_only=False)
+    assert source is not None
+    return source
+
+
+def _resolve(spec: str | None, preset: Preset, local_only: bool) -> VaeSource | None:
+    """`resolve_vae`; with `local_only`, None for a Hugging Face repo not in the cache."""
     if spec is None:
-        return _from_hub(preset.hub_repo, preset.hub_subfolder, default=True)
+        return _hub_source(preset.hub_repo, preset.hub_subfolder, True, local_only)
     path = Path(spec).expanduser()
     if path.is_dir():
         return _from_folder(path)
@@ -67,7 +91,7 @@ def resolve_vae(spec: str | None, preset: Preset) -> VaeSource:
         config = _sibling_config(path)
         return VaeSource(files=(path,), config=config, description=str(path))
     if REPO_ID.match(spec) and not spec.startswith((".", "/")):
-        return _from_hub(spec, preset.hub_subfolder, default=False)
+        return _hub_source(spec, preset.hub_subfolder, False, local_only)
     raise WeightsError(f"{spec}: no such VAE file or folder (nor a Hugging Face repo id)")
 
 
@@ -136,6 +160,14 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def _from_hub(repo: str, subfolder: str, default: bool) -> VaeSource:
+    source = _hub_source(repo, subfolder, default, local_only=False)
+    assert source is not None
+    return source
+
+
+def _hub_source(repo: str, subfolder: str, default: bool, local_only: bool) -> VaeSource | None:
+    """A repo's VAE folder in the Hugging Face cache, downloaded where missing; with
+    `local_only`, None where it is not cached."""
     hint = "pass --vae with a diffusers VAE folder, a pipeline folder or a .safetensors/.pth file"
     try:
         from huggingface_hub import snapshot_download
@@ -149,6 +181,8 @@ def _from_hub(repo: str, subfolder: str, default: bool) -> VaeSource:
             repo, allow_patterns=patterns, local_files_only=True, cache_dir=cache
         )
     except Exception:  # noqa: BLE001 - any cache miss means "try the network"
+        if local_only:
+            return None
         if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
             what = "the model's default VAE" if default else "the VAE"
             raise WeightsError(
@@ -311,8 +345,11 @@ def normalization_from_config(config: Mapping[str, Any] | None) -> Normalization
     return None
 
 
-def _config_normalization(source: VaeSource, preset: Preset) -> Normalization | None:
-    """The config's normalisation, refused (as a weights error) when it cannot be used."""
+def _config_normalization(
+    source: VaeSource, channels: int | None, origin: str
+) -> Normalization | None:
+    """The config's normalisation, refused (as a weights error) when it cannot be used: its
+    per-channel numbers must fit the VAE's own channel count."""
     where = source.config.get("_source", "config.json") if source.config else "config.json"
     try:
         norm = normalization_from_config(source.config)
@@ -322,29 +359,58 @@ def _config_normalization(source: VaeSource, preset: Preset) -> Normalization | 
         raise WeightsError(
             f"{where}: latents_mean, latents_std and scaling_factor must be numbers ({_reason(e)})"
         ) from None
-    if norm is not None and norm.channels not in (None, preset.latent_channels):
+    if norm is not None and channels is not None and norm.channels not in (None, channels):
         raise WeightsError(
-            f"{where}: latents_mean has {norm.channels} values; --model {preset.name} has "
-            f"{preset.latent_channels} latent channels"
+            f"{where}: latents_mean has {norm.channels} values; the VAE has {channels} latent "
+            f"channels ({origin})"
         )
     return norm
 
 
-def _check_latent_channels(config: object, preset: Preset, family: str, where: str) -> None:
-    """A VAE for other latents (Wan 2.1's 16 channels against Wan 2.2's 48) is refused at load,
-    naming the weights, not at the first chunk naming the latents."""
+def _config_channels(config: object) -> int | None:
     found = getattr(config, "latent_channels", None) or getattr(config, "z_dim", None)
-    if not isinstance(found, int) or found == preset.latent_channels:
+    return found if isinstance(found, int) else None
+
+
+def _channels_origin(source: VaeSource, where: str) -> str:
+    """Where a VAE's channel count was read: a config.json key, else the weights' shapes."""
+    if source.config is None:
+        return f"the decoder weights' shapes in {where}"
+    path = source.config.get("_source", "config.json")
+    key = next((k for k in ("latent_channels", "z_dim") if k in source.config), None)
+    return f"{key} in {path}" if key else f"the {source.config.get('_class_name')} default, {path}"
+
+
+def _check_compression(
+    config: object, preset: Preset, family: str, channels: int | None, where: str
+) -> None:
+    """A VAE whose config states another spatial compression than the preset's (a Wan 2.1 VAE,
+    x8, given for Wan 2.2's x16 latents) would make frames of another size than planned."""
+    ratio = getattr(config, "scale_factor_spatial", None) or getattr(
+        config, "spatial_compression_ratio", None
+    )
+    if not isinstance(ratio, int) or ratio == preset.spatial_ratio:
         return
     fits = [
         p.name
         for p in builtin_presets().values()
-        if p.family == preset.family and p.latent_channels == found
+        if p.family == preset.family and p.spatial_ratio == ratio and p.latent_channels == channels
     ]
     hint = f" (--model {' or '.join(fits)})" if fits else ""
     raise WeightsError(
-        f"{where}: a {found}-channel {family} VAE{hint}; --model {preset.name} decodes "
-        f"{preset.latent_channels}-channel latents"
+        f"{where}: a {family} VAE with x{ratio} spatial compression and {channels} latent "
+        f"channels{hint}; --model {preset.name} decodes x{preset.spatial_ratio} latents"
+    )
+
+
+def _fitting_presets(preset: Preset, channels: int | None) -> tuple[str, ...]:
+    """Built-in presets of the family whose latents have the VAE's channel count."""
+    if channels is None or channels == preset.latent_channels:
+        return ()
+    return tuple(
+        p.name
+        for p in builtin_presets().values()
+        if p.family == preset.family and p.latent_channels == channels
     )
 
 
@@ -436,14 +502,12 @@ def load_strict(
     assert not leftovers, f"decoder tensors not loaded: {leftovers[:SHOWN_KEYS]}"
 
 
-def load_vae(
-    source: VaeSource, preset: Preset, device: torch.device | str, dtype: torch.dtype
-) -> LoadedVae:
-    """Build the preset's family decoder on `meta` and load the weights strictly onto `device`."""
+def inspect_vae(source: VaeSource, preset: Preset) -> VaeSpec:
+    """Read what a VAE is from its config.json or its tensors' shapes (headers only, no weight
+    is read): its family, architecture, latent channels and own normalisation."""
     where = source.description
     entries = _strip_prefix(open_tensors(source.files))
     family = _family_for(list(entries), source.config, preset, where)
-    normalization = _config_normalization(source, preset)
     mapping = family.rename_keys(entries)
     if not mapping:
         _require_decoder(list(entries), where)
@@ -472,27 +536,59 @@ def load_vae(
     note = None
     if family.for_naming is not None:
         config, note = family.for_naming(config, entries.keys())
-    _check_latent_channels(config, preset, family.name, cfg_where)
+    channels = _config_channels(config)
+    origin = _channels_origin(source, where)
+    _check_compression(config, preset, family.name, channels, cfg_where)
+    latents = VaeLatents(
+        channels=channels,
+        origin=origin,
+        normalization=_config_normalization(source, channels, origin),
+        statistics_in_weights=family.normalization is not None,
+        fits=_fitting_presets(preset, channels),
+    )
+    return VaeSpec(source, entries, family, mapping, config, cfg_where, latents, note)
+
+
+def vae_latents(spec: str | None, preset: Preset) -> VaeLatents:
+    """What the VAE `--vae` names decodes, read cheaply (config.json or tensor headers) before
+    any weight loads, so latents are checked against the VAE first. A Hugging Face repo not
+    in the cache yet is not downloaded for this: its channels are checked once it has loaded."""
+    source = _resolve(spec, preset, local_only=True)
+    if source is None:
+        return VaeLatents(channels=None, origin=f"{spec}, not downloaded yet")
+    return inspect_vae(source, preset).latents
+
+
+def load_vae(
+    source: VaeSource, preset: Preset, device: torch.device | str, dtype: torch.dtype
+) -> LoadedVae:
+    """Build the family decoder the VAE's own config (or shapes) describes on `meta` and load
+    the weights strictly onto `device`."""
+    spec = inspect_vae(source, preset)
+    family, where = spec.family, source.description
     try:
         with torch.device("meta"):
-            decoder = family.build(config)
+            decoder = family.build(spec.config)
     except (ValueError, TypeError, RuntimeError, ZeroDivisionError, IndexError) as e:
         # e.g. a group count that does not divide a width: the config contradicts itself or the
         # tensors it was read from.
         built_from = "this config" if source.config is not None else "these weights' shapes"
         raise WeightsError(
-            f"{cfg_where}: the {family.name} decoder cannot be built from {built_from} "
+            f"{spec.where}: the {family.name} decoder cannot be built from {built_from} "
             f"({_reason(e)})"
         ) from None
-    load_strict(decoder, entries, mapping, where, device, dtype)
+    load_strict(decoder, spec.entries, spec.mapping, where, device, dtype)
     decoder.eval()
     return LoadedVae(
         # Family.build makes the family's StreamDecoder (typed as a plain nn.Module there).
         decoder=cast("StreamModule", decoder),
         family=family,
         normalization=(
-            family.normalization(decoder) if family.normalization is not None else normalization
+            family.normalization(decoder)
+            if family.normalization is not None
+            else spec.latents.normalization
         ),
         description=where,
-        notes=(note,) if note else (),
+        latents=spec.latents,
+        notes=(spec.note,) if spec.note else (),
     )

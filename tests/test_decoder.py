@@ -115,7 +115,11 @@ def test_decode_returns_the_whole_float_video(dec):
     "bad, message",
     [
         (torch.ones(16, 2, 4, 4, dtype=torch.int32), "latents are int32; expected a float dtype"),
-        (latents((48, 2, 4, 4)), "latents have 48 channels; --model wan expects 16"),
+        (
+            latents((48, 2, 4, 4)),
+            "latents have 48 channels (tensor 'latents', shape (48, 2, 4, 4)); the VAE has "
+            "16 latent channels (z_dim in",
+        ),
         (torch.full((16, 2, 4, 4), float("nan")), "NaN/Inf values"),
         ("no/such/file.safetensors", "file not found"),
         (object(), "latents must be a torch tensor"),
@@ -128,7 +132,7 @@ def test_wrong_inputs_raise_our_errors_with_the_cli_messages(tmp_path, dec, bad,
 
 
 def test_latents_for_another_model_and_unknown_models(dec):
-    with pytest.raises(InputError, match="expects 16"):
+    with pytest.raises(InputError, match="the VAE has 16 latent channels"):
         dec.frames(latents((48, 2, 4, 4)))  # checked at the call, before any frame
     with pytest.raises(Latent2Mp4Error, match="unknown model 'nope'"):
         latent2mp4.load_decoder("nope")

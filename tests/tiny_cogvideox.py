@@ -29,16 +29,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def make_tiny_cogvideox(path: Path, variant: str = "tiny", seed: int = 0) -> Any:
+def make_tiny_cogvideox(path: Path, variant: str = "tiny", seed: int = 0, **overrides: Any) -> Any:
     """Build, perturb (every parameter gets N(0, 0.1) noise) and save a diffusers
-    `AutoencoderKLCogVideoX` into `path`; returns the model in eval mode, fp32, on CPU."""
+    `AutoencoderKLCogVideoX` into `path`; returns the model in eval mode, fp32, on CPU.
+    `overrides` replace config entries (off-release widths or latent channels)."""
     from diffusers import AutoencoderKLCogVideoX
 
     torch.manual_seed(seed)
     vae = AutoencoderKLCogVideoX(
         down_block_types=("CogVideoXDownBlock3D",) * 4,
         up_block_types=("CogVideoXUpBlock3D",) * 4,
-        **VARIANTS[variant],
+        **{**VARIANTS[variant], **overrides},
     ).eval()
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

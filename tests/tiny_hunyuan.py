@@ -33,13 +33,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def make_tiny_hunyuan(path: Path, variant: str = "tiny", seed: int = 0) -> Any:
+def make_tiny_hunyuan(path: Path, variant: str = "tiny", seed: int = 0, **overrides: Any) -> Any:
     """Build a diffusers `AutoencoderKLHunyuanVideo` with perturbed random weights, save it to
-    `path` (`save_pretrained`) and return it in eval mode (fp32, CPU)."""
+    `path` (`save_pretrained`) and return it in eval mode (fp32, CPU).
+    `overrides` replace config entries (off-release widths or latent channels)."""
     from diffusers import AutoencoderKLHunyuanVideo
 
     torch.manual_seed(seed)
-    vae = AutoencoderKLHunyuanVideo(**VARIANTS[variant]).eval()
+    vae = AutoencoderKLHunyuanVideo(**{**VARIANTS[variant], **overrides}).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in vae.parameters():

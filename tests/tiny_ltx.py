@@ -52,14 +52,15 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def make_tiny_ltx(path: Path, variant: str = "v090", seed: int = 0) -> Any:
+def make_tiny_ltx(path: Path, variant: str = "v090", seed: int = 0, **overrides: Any) -> Any:
     """Build a diffusers LTX VAE with perturbed random weights and latent statistics, save it to
-    `path` (`save_pretrained`) and return it in eval mode (fp32, CPU)."""
+    `path` (`save_pretrained`) and return it in eval mode (fp32, CPU).
+    `overrides` replace config entries (off-release widths or latent channels)."""
     import diffusers
 
     cls, kwargs = VARIANTS[variant]
     torch.manual_seed(seed)
-    vae = getattr(diffusers, cls)(**kwargs).eval()
+    vae = getattr(diffusers, cls)(**{**kwargs, **overrides}).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in vae.named_parameters():

@@ -24,13 +24,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def make_tiny_mochi(path: Path, variant: str = "tiny", seed: int = 0) -> Any:
+def make_tiny_mochi(path: Path, variant: str = "tiny", seed: int = 0, **overrides: Any) -> Any:
     """Build a diffusers `AutoencoderKLMochi` with perturbed random weights, save it to `path`
-    (`save_pretrained`) and return it in eval mode (fp32, CPU)."""
+    (`save_pretrained`) and return it in eval mode (fp32, CPU).
+    `overrides` replace config entries (off-release widths or latent channels)."""
     from diffusers import AutoencoderKLMochi
 
     torch.manual_seed(seed)
-    vae = AutoencoderKLMochi(**VARIANTS[variant]).eval()
+    vae = AutoencoderKLMochi(**{**VARIANTS[variant], **overrides}).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in vae.parameters():

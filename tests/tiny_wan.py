@@ -29,13 +29,14 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-def make_tiny_wan(path: Path, variant: str = "2.1", seed: int = 0) -> Any:
+def make_tiny_wan(path: Path, variant: str = "2.1", seed: int = 0, **overrides: Any) -> Any:
     """Build a tiny `AutoencoderKLWan` ("2.1" or "2.2") with every parameter perturbed, save it
-    with `save_pretrained(path)` and return it (float32, eval mode)."""
+    with `save_pretrained(path)` and return it (float32, eval mode).
+    `overrides` replace config entries (off-release widths or latent channels)."""
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(seed)
-    vae = AutoencoderKLWan(**TINY_CONFIGS[variant]).eval()
+    vae = AutoencoderKLWan(**{**TINY_CONFIGS[variant], **overrides}).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in vae.named_parameters():
