@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -82,7 +83,7 @@ def _errors(doing: str, verbose: bool = False) -> Iterator[None]:
     try:
         yield
     except Latent2Mp4Error as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt as e:
         partial = e.path if isinstance(e, Interrupted) else None
@@ -95,7 +96,9 @@ def _errors(doing: str, verbose: bool = False) -> Iterator[None]:
     except Exception as e:  # noqa: BLE001 - nothing a user can feed us prints a traceback
         if verbose:
             err.print_exception()
-        err.print(f"[red]error:[/red] {internal_error(doing, e)}", highlight=False, soft_wrap=True)
+        err.print(
+            f"[red]error:[/red] {escape(internal_error(doing, e))}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(1) from None
 
 
@@ -340,7 +343,7 @@ def _run_on_ray(
 
     def note(text: str) -> None:
         if not quiet:
-            err.print(f"[dim]note:[/dim] {text}", highlight=False, soft_wrap=True)
+            err.print(f"[dim]note:[/dim] {escape(text)}", highlight=False, soft_wrap=True)
 
     order = {item.path: i for i, item in enumerate(items)}
     with _cluster_progress(quiet, len(items)) as progress:
@@ -383,13 +386,15 @@ def _report(
     if o.error is not None:
         if verbose and o.trace:
             err.print(o.trace, highlight=False, soft_wrap=True, markup=False)
-        err.print(f"[red]error:[/red] {o.error}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(o.error)}", highlight=False, soft_wrap=True)
         return o
     for r in o.results:
         if not quiet:
             where = "" if single else f"{r.output}: "  # in a batch, say which file
             for note in r.notes:
-                err.print(f"[dim]note:[/dim] {where}{note}", highlight=False, soft_wrap=True)
+                err.print(
+                    f"[dim]note:[/dim] {escape(f'{where}{note}')}", highlight=False, soft_wrap=True
+                )
         if r.skipped:
             status = "skipped (exists)"
         else:
@@ -480,7 +485,7 @@ def compare(
             sbs = make_side_by_side(sources, side_by_side, EncodeOptions(fps=fps), overwrite)
     _comparison_table(result)
     for note in (*result.notes, *(sbs.notes if sbs else ())):
-        err.print(f"[dim]note:[/dim] {note}", highlight=False, soft_wrap=True)
+        err.print(f"[dim]note:[/dim] {escape(note)}", highlight=False, soft_wrap=True)
     if sbs:
         v = sbs.video
         out.print(f"{v.path}  {v.frames} frames {v.width}x{v.height}", highlight=False)

@@ -22,7 +22,7 @@ from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from latent2mp4.errors import OutputError, UsageError
+from latent2mp4.errors import Latent2Mp4Error, OutputError, UsageError
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
 # The fsspec packages that serve the common protocols: what to tell a user who lacks one.
@@ -36,6 +36,10 @@ if TYPE_CHECKING:
     _PathBase = Path
 else:
     _PathBase = PurePosixPath
+
+
+class StorageError(Latent2Mp4Error):
+    """A store that cannot be reached or refuses a request (credentials, endpoint, outage)."""
 
 
 class RemotePath(_PathBase):
@@ -68,13 +72,19 @@ class RemotePath(_PathBase):
         return self
 
     def exists(self) -> bool:
-        return bool(self.fs.exists(str(self)))
+        return bool(self._ask("exists"))
 
     def is_file(self) -> bool:
-        return bool(self.fs.isfile(str(self)))
+        return bool(self._ask("isfile"))
 
     def is_dir(self) -> bool:
-        return bool(self.fs.isdir(str(self)))
+        return bool(self._ask("isdir"))
+
+    def _ask(self, what: str) -> Any:
+        try:
+            return getattr(self.fs, what)(str(self))
+        except Exception as e:  # noqa: BLE001 - botocore, aiohttp, gcsfs… share no base
+            raise StorageError(f"{self}: cannot reach the store ({_reason(e)})") from None
 
     def open(self, mode: str = "rb", buffering: int = -1, *args: Any, **kw: Any) -> Any:
         """Reads are ranged GETs of just what is asked (no read-ahead cache): latents are read
@@ -84,7 +94,7 @@ class RemotePath(_PathBase):
         return self.fs.open(str(self), "rb", cache_type="none")
 
     def size(self) -> int:
-        return int(self.fs.size(str(self)))
+        return int(self._ask("size"))
 
 
 def is_url(text: str | os.PathLike[str]) -> bool:
@@ -216,17 +226,18 @@ def local_output(path: Path, overwrite: bool) -> Iterator[Path]:
 
 
 def upload(local: Path, path: RemotePath, overwrite: bool) -> None:
-    if not overwrite and path.exists():
-        raise OutputError(f"{path}: output appeared while decoding; kept the existing object")
     try:
-        # One PUT (or one multipart upload, completed last): the object appears whole or not at
-        # all. s3fs retries transient errors itself before this fails.
-        path.fs.put_file(str(local), str(path))
+        appeared = not overwrite and path.fs.exists(str(path))
+        if not appeared:
+            # One PUT (or one multipart upload, completed last): the object appears whole or
+            # not at all. s3fs retries transient errors itself before this fails.
+            path.fs.put_file(str(local), str(path))
     except Exception as e:  # noqa: BLE001 - botocore, aiohttp and OS errors share no base
         _remove_quietly(path)
-        raise OutputError(
-            f"{path}: upload failed ({_reason(e)}); nothing was written there"
-        ) from None
+        why = _reason(e)
+        raise OutputError(f"{path}: upload failed ({why}); nothing was written there") from None
+    if appeared:
+        raise OutputError(f"{path}: output appeared while decoding; kept the existing object")
 
 
 def _remove_quietly(path: RemotePath) -> None:
