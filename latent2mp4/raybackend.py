@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import glob
 import os
+import signal
 import threading
 import time
 from collections import Counter, deque
@@ -75,6 +76,8 @@ def connect(ray: Any, address: str) -> None:
     """Join a running cluster, or start a private one bound to loopback (`local`)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     common: dict[str, Any] = {"log_to_driver": False, "logging_level": "WARNING"}
+    # ray.init installs a SIGTERM handler that aborts the process; ours cleans up first.
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         if address == "local":
             # Without this, Ray 2.60 replaces 127.0.0.1 with the machine's interface address and
@@ -88,6 +91,8 @@ def connect(ray: Any, address: str) -> None:
     except (ConnectionError, RuntimeError, ValueError) as e:
         what = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ClusterError(f"--ray {address}: cannot connect to Ray ({what})") from None
+    finally:
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 @dataclass(frozen=True)
