@@ -87,6 +87,9 @@ def connect(ray: Any, address: str) -> None:
                 address="local", _node_ip_address="127.0.0.1", include_dashboard=False, **common
             )
         else:
+            host = address.removeprefix("ray://").rpartition(":")[0]
+            if host in ("127.0.0.1", "localhost"):  # a loopback cluster: stay on loopback
+                common["_node_ip_address"] = "127.0.0.1"
             ray.init(address=address, **common)
     except (ConnectionError, RuntimeError, ValueError) as e:
         what = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
