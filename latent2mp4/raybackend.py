@@ -234,7 +234,12 @@ class Pool:
 
     def run(self, items: list[Input], progress: Callable[[int, int], None]) -> Iterator[Outcome]:
         ray = self.ray
-        from ray.exceptions import ActorDiedError, RayActorError, WorkerCrashedError
+        from ray.exceptions import (
+            ActorDiedError,
+            OutOfMemoryError,
+            RayActorError,
+            WorkerCrashedError,
+        )
 
         queue, deaths, stale = deque(range(len(items))), Counter[int](), dict[int, int]()
         idle = list(self.actors)
@@ -255,7 +260,12 @@ class Pool:
                 item = items[idx]
                 try:
                     got = ray.get(task)
-                except (ActorDiedError, RayActorError, WorkerCrashedError) as e:
+                except (ActorDiedError, RayActorError, WorkerCrashedError, OutOfMemoryError) as e:
+                    if getattr(e, "actor_init_failed", False):  # the same on every retry
+                        raise ClusterError(
+                            f"a Ray worker could not start ({_first_line(e)}); is latent2mp4 "
+                            "installed, at this version, on every node?"
+                        ) from None
                     deaths[idx] += 1
                     pid = self._pid(actor)
                     self._replace(actor, idle)

@@ -94,6 +94,9 @@ def test_inputs_outputs_and_report_on_s3_equal_the_local_batch(tmp_path, s3, cli
     refused = cli("decode", "s3://lat/runs/a.safetensors", "--decoder", "preview",
                   "--lossless", "-o", "s3://lat/videos/a.mp4")  # fmt: skip
     assert_one_line_error(refused, 1, "s3://lat/videos/a.mp4", "output exists")
+    replaced = cli("decode", "s3://lat/runs/a.safetensors", "--decoder", "preview",
+                   "--lossless", "-o", "s3://lat/videos/a.mp4", "--overwrite")  # fmt: skip
+    assert replaced.exit_code == 0 and "s3://lat/videos/a.mp4  5 frames" in replaced.stdout
 
 
 def test_safetensors_objects_are_read_by_ranges(tmp_path, s3):
