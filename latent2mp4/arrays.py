@@ -24,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from latent2mp4.errors import InputError
+from latent2mp4.storage import RemotePath, local_copy
 
 Index = tuple[int | slice, ...]
 SAFETENSORS_SUFFIXES = (".safetensors", ".latent")
@@ -209,11 +210,15 @@ def open_arrays(path: Path) -> tuple[dict[str, StoredArray], dict[str, str]]:
 
 def _safetensors_arrays(path: Path) -> tuple[dict[str, StoredArray], dict[str, str]]:
     try:
-        with safe_open(str(path), framework="pt") as f:  # validates the whole header
-            metadata = dict(f.metadata() or {})
-        with path.open("rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(size))
+        if isinstance(path, RemotePath):  # two ranged reads: the header's size, the header
+            header, size = _remote_safetensors_header(path)
+            metadata = dict(header.get("__metadata__") or {})
+        else:
+            with safe_open(str(path), framework="pt") as f:  # validates the whole header
+                metadata = dict(f.metadata() or {})
+            with path.open("rb") as f:
+                (size,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(size))
     except (SafetensorError, OSError, ValueError, RuntimeError, struct.error) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         if _looks_pickled(path):
@@ -229,6 +234,39 @@ def _safetensors_arrays(path: Path) -> tuple[dict[str, StoredArray], dict[str, s
         offset = 8 + size + int(entry["data_offsets"][0])
         arrays[name] = RawArray(path, offset, tuple(entry["shape"]), dtype, stored)
     return arrays, metadata
+
+
+MAX_HEADER = 100_000_000  # the limit safetensors itself enforces
+
+
+def _remote_safetensors_header(path: RemotePath) -> tuple[dict[str, Any], int]:
+    """The checks `safe_open` makes on a local file, made on an object without fetching it:
+    the header fits the object, and each tensor's byte range matches its shape and dtype and
+    lies inside the data (tensors' bytes are only ever read by ranges, later)."""
+    total = path.size()
+    with path.open("rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        if size > min(MAX_HEADER, total - 8):
+            raise ValueError("header too large")
+        header = json.loads(f.read(size))
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    data = total - 8 - size
+    for name, entry in header.items():
+        if name == "__metadata__":
+            if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+                raise ValueError("metadata must map strings to strings")
+            continue
+        try:
+            shape, (begin, end) = [int(n) for n in entry["shape"]], entry["data_offsets"]
+            width = np.dtype(_STORED.get(entry["dtype"], "<u2")).itemsize
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"malformed entry for tensor {name!r}") from None
+        if entry["dtype"] not in _SAFETENSORS_DTYPES or not 0 <= begin <= end <= data:
+            raise ValueError(f"tensor {name!r}: invalid dtype or byte range")
+        if end - begin != math.prod(shape) * width:
+            raise ValueError(f"tensor {name!r}: byte range does not match its shape")
+    return header, size
 
 
 def _looks_pickled(path: Path) -> bool:
@@ -266,7 +304,7 @@ def _npy_array(path: Path) -> RawArray:
 
 def _npz_arrays(path: Path) -> dict[str, StoredArray]:
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with local_copy(path) as local, np.load(local, allow_pickle=False) as npz:
             return {name: in_memory(npz[name]) for name in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, InputError) as e:
         raise InputError(f"{path}: not a readable .npz archive ({_first_line(e)})") from None
@@ -275,7 +313,8 @@ def _npz_arrays(path: Path) -> dict[str, StoredArray]:
 def _pickle_arrays(path: Path) -> dict[str, StoredArray]:
     try:
         # weights_only refuses pickled code; map_location lets GPU-saved tensors load anywhere.
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with local_copy(path) as local:  # a pickle cannot be read by ranges: fetched once
+            obj = torch.load(str(local), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickle, zip and unpickler errors have no common base
         reason = _why(e)
         raise InputError(f"{path}: cannot load as a weights-only PyTorch file ({reason})") from None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -27,6 +26,7 @@ from latent2mp4.pipeline import (
     vae_for,
 )
 from latent2mp4.presets import Preset
+from latent2mp4.storage import RemotePath, RemoteReport, is_url, list_inputs
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,11 @@ def collect_inputs(specs: Iterable[str | Path], recursive: bool = False) -> list
     """
     found: dict[Path, Input] = {}
     for spec in map(str, specs):
+        if is_url(spec):  # an object, a prefix or a glob on a store (fsspec)
+            objects, prefix = list_inputs(spec, recursive, LATENT_SUFFIXES)
+            for obj in objects:
+                found.setdefault(obj, Input(obj, prefix))
+            continue
         path = Path(spec)
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
@@ -97,9 +102,25 @@ def collect_inputs(specs: Iterable[str | Path], recursive: bool = False) -> list
     # Files named one by one (or by a glob) mirror the tree below their common folder too, so
     # runs/a/latents.safetensors and runs/b/latents.safetensors keep apart under --out-dir.
     loose = [i.path.absolute().parent for i in found.values() if i.root is None]
-    common = Path(os.path.commonpath(loose)) if loose else None
+    common = common_parent(loose)
     inputs = (i if i.root is not None else Input(i.path, common) for i in found.values())
     return sorted(inputs, key=lambda i: str(i.path))
+
+
+def common_parent(folders: list[Path]) -> Path | None:
+    """The deepest folder above all of `folders` (local paths or URLs of one kind); None when
+    they share nothing (local files and objects together)."""
+    if not folders or any(type(f) is not type(folders[0]) for f in folders):
+        return None
+    parts = list(folders[0].parts)
+    for folder in folders[1:]:
+        same = 0
+        for a, b in zip(parts, folder.parts, strict=False):
+            if a != b:
+                break
+            same += 1
+        parts = parts[:same]
+    return type(folders[0])(*parts) if parts else None
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -212,6 +233,29 @@ def internal_error(doing: str, e: BaseException) -> str:
     what = (str(e).strip().splitlines() or [""])[0][:160]
     kind = type(e).__name__ + (f": {what}" if what else "")
     return f"internal error while {doing} ({kind}); rerun with --verbose for the traceback"
+
+
+class ReportFile:
+    """--report: one JSON line per input, written as each finishes, to a local file (appended
+    at once) or to an object on a store (re-uploaded whole; object stores have no append)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.remote: RemoteReport | None = None
+        if isinstance(path, RemotePath):
+            self.remote = RemoteReport(path)
+        else:
+            check_report(path)
+
+    def add(self, outcome: Outcome) -> None:
+        if self.remote is not None:
+            self.remote.add(outcome.record())
+        else:
+            append_report(self.path, outcome)
+
+    def close(self) -> None:
+        if self.remote is not None:
+            self.remote.close()
 
 
 def check_report(path: Path) -> None:

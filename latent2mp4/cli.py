@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import glob
 import logging
 import math
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
@@ -15,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -24,8 +27,7 @@ from latent2mp4.batch import (
     Batch,
     Input,
     Outcome,
-    append_report,
-    check_report,
+    ReportFile,
     collect_inputs,
     internal_error,
     parse_shard,
@@ -39,6 +41,7 @@ from latent2mp4.errors import Interrupted, Latent2Mp4Error, UsageError
 from latent2mp4.info import describe_file
 from latent2mp4.pipeline import DecodeOptions, Job, validate
 from latent2mp4.presets import builtin_presets, load_preset
+from latent2mp4.storage import as_path, is_url
 from latent2mp4.video import EncodeOptions
 
 app = typer.Typer(
@@ -80,7 +83,7 @@ def _errors(doing: str, verbose: bool = False) -> Iterator[None]:
     try:
         yield
     except Latent2Mp4Error as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt as e:
         partial = e.path if isinstance(e, Interrupted) else None
@@ -93,7 +96,9 @@ def _errors(doing: str, verbose: bool = False) -> Iterator[None]:
     except Exception as e:  # noqa: BLE001 - nothing a user can feed us prints a traceback
         if verbose:
             err.print_exception()
-        err.print(f"[red]error:[/red] {internal_error(doing, e)}", highlight=False, soft_wrap=True)
+        err.print(
+            f"[red]error:[/red] {escape(internal_error(doing, e))}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(1) from None
 
 
@@ -134,7 +139,23 @@ def decode(
     shard_spec: Annotated[
         str | None, Opt("--shard", help="Take the K-th of N slices of the sorted inputs (K/N).")
     ] = None,
-    report: Annotated[Path | None, Opt(help="Write one JSON line per input to this file.")] = None,
+    report: Annotated[
+        Path | None, Opt(help="Write one JSON line per input to this file (or s3://… object).")
+    ] = None,
+    ray: Annotated[
+        str | None,
+        Opt(
+            "--ray",
+            help="Decode on a Ray cluster: auto (a running one), local, or the head's HOST:PORT.",
+            show_default=False,
+        ),
+    ] = None,
+    ray_workers: Annotated[
+        int | None, Opt(help="Ray workers (default: one per GPU, else as many as the CPUs fit).")
+    ] = None,
+    ray_cpus: Annotated[
+        int | None, Opt(help="CPUs per Ray worker (default: 2 beside a GPU, else up to 4).")
+    ] = None,
     model: Annotated[str | None, Opt("--model", "-m", help="Preset name (see `presets`).")] = None,
     preset: Annotated[Path | None, Opt(help="Your own preset YAML.")] = None,
     vae: Annotated[str | None, Opt(help="VAE folder, single file or Hugging Face repo id.")] = None,
@@ -213,62 +234,70 @@ def decode(
 ) -> None:
     """Decode latents to video with the model's VAE (or the weightless preview)."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s")
-    opts = DecodeOptions(
-        model=model,
-        preset=preset,
-        vae=vae,
-        out=out_file,
-        out_dir=out_dir,
-        fps=fps,
-        key=key,
-        index=index,
-        layout=layout.value if layout else None,
-        latent_space=latent_space.value,
-        decoder=decoder.value,
-        device=device,
-        dtype=dtype.value,
-        tile_size=tile_size,
-        tile_stride=tile_stride,
-        no_tile=no_tile,
-        codec=codec,
-        crf=crf,
-        bitrate=bitrate,
-        pix_fmt=pix_fmt,
-        lossless=lossless,
-        overwrite=overwrite,
-        skip_existing=skip_existing,
-        audio=audio,
-        audio_key=audio_key,
-        audio_vae=audio_vae,
-        vocoder=vocoder,
-        no_audio=no_audio,
-        audio_codec=audio_codec,
-        audio_bitrate=audio_bitrate,
-        num_frames=num_frames,
-        height=height,
-        width=width,
-        decode_timestep=decode_timestep,
-        decode_noise_scale=decode_noise_scale,
-        seed=seed,
-    )
+    with _errors("reading the options", verbose):  # an output URL is checked here
+        opts = DecodeOptions(
+            model=model,
+            preset=preset,
+            vae=vae,
+            out=out_file,
+            out_dir=out_dir,
+            fps=fps,
+            key=key,
+            index=index,
+            layout=layout.value if layout else None,
+            latent_space=latent_space.value,
+            decoder=decoder.value,
+            device=device,
+            dtype=dtype.value,
+            tile_size=tile_size,
+            tile_stride=tile_stride,
+            no_tile=no_tile,
+            codec=codec,
+            crf=crf,
+            bitrate=bitrate,
+            pix_fmt=pix_fmt,
+            lossless=lossless,
+            overwrite=overwrite,
+            skip_existing=skip_existing,
+            audio=audio,
+            audio_key=audio_key,
+            audio_vae=audio_vae,
+            vocoder=vocoder,
+            no_audio=no_audio,
+            audio_codec=audio_codec,
+            audio_bitrate=audio_bitrate,
+            num_frames=num_frames,
+            height=height,
+            width=width,
+            decode_timestep=decode_timestep,
+            decode_noise_scale=decode_noise_scale,
+            seed=seed,
+        )
     with _errors("collecting the inputs", verbose):
+        cluster = _ray_options(ray, ray_workers, ray_cpus)  # before any work: the extra is there
         items = collect_inputs(inputs, recursive)
         validate(opts, len(items))
         if not items:
             raise UsageError(f"no latent files ({', '.join(LATENT_SUFFIXES)}) found in the inputs")
-        if report is not None:
-            check_report(report)
         if shard_spec:
             total = len(items)
             items = shard(items, *parse_shard(shard_spec))
             if not items:  # more array tasks than files: this one has nothing to do
                 err.print(f"note: shard {shard_spec} of {total} file(s) is empty; nothing to do")
                 return
-        single = len(items) == 1 and not Path(inputs[0]).is_dir()
-        with _progress_factory(quiet) as on_job:
-            outcomes = [
-                _report(o, single, quiet, report, verbose) for o in _run(items, opts, on_job)
-            ]
+        single = len(items) == 1 and not _is_folder(inputs[0])
+        sink = ReportFile(as_path(report, "--report")) if report is not None else None
+        try:
+            if cluster is not None:
+                outcomes = _run_on_ray(items, opts, cluster, single, quiet, sink, verbose)
+            else:
+                with _progress_factory(quiet) as on_job:
+                    outcomes = [
+                        _report(o, single, quiet, sink, verbose) for o in _run(items, opts, on_job)
+                    ]
+        finally:
+            if sink is not None:
+                sink.close()
     failed = [o for o in outcomes if o.error is not None]
     if not single:
         _summary(outcomes)
@@ -282,21 +311,90 @@ def _run(items: list[Input], opts: DecodeOptions, on_job: Callable) -> Iterator[
         yield batch.run_one(item)
 
 
+def _is_folder(spec: str) -> bool:
+    if is_url(spec):
+        return not glob.has_magic(spec) and as_path(spec).is_dir()
+    return Path(spec).is_dir()
+
+
+def _ray_options(address: str | None, workers: int | None, cpus: int | None) -> Any:
+    if address is None:
+        if workers is not None or cpus is not None:
+            raise UsageError("--ray-workers and --ray-cpus need --ray")
+        return None
+    from latent2mp4.raybackend import RayOptions, require_ray
+
+    require_ray()
+    return RayOptions.parse(address, workers, cpus)
+
+
+def _run_on_ray(
+    items: list[Input],
+    opts: DecodeOptions,
+    cluster: Any,
+    single: bool,
+    quiet: bool,
+    sink: ReportFile | None,
+    verbose: bool,
+) -> list[Outcome]:
+    """The cluster's outcomes as files finish (report rows, per-file lines), one progress bar
+    for the cluster; returned in input order, as the local batch's summary lists them."""
+    from latent2mp4.raybackend import run_on_ray
+
+    def note(text: str) -> None:
+        if not quiet:
+            err.print(f"[dim]note:[/dim] {escape(text)}", highlight=False, soft_wrap=True)
+
+    order = {item.path: i for i, item in enumerate(items)}
+    with _cluster_progress(quiet, len(items)) as progress:
+        done = [
+            _report(o, single, quiet, sink, verbose)
+            for o in run_on_ray(items, opts, cluster, progress, note)
+        ]
+    return sorted(done, key=lambda o: order.get(o.source, len(order)))
+
+
+@contextmanager
+def _cluster_progress(quiet: bool, total: int) -> Iterator[Callable[[int, int], None]]:
+    """Yields `update(files_done, frames_done)` for one bar over the whole cluster."""
+    if quiet or not err.is_terminal:
+        yield lambda files, frames: None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("files, {task.fields[rate]} frames/s"),
+        TimeRemainingColumn(),
+    )
+    start = time.monotonic()
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("ray", total=total, rate="-")
+
+        def update(files: int, frames: int) -> None:
+            rate = frames / max(time.monotonic() - start, 1e-6)
+            bar.update(task, completed=files, rate=f"{rate:.1f}")
+
+        yield update
+
+
 def _report(
-    o: Outcome, single: bool, quiet: bool, report: Path | None, verbose: bool = False
+    o: Outcome, single: bool, quiet: bool, report: ReportFile | None, verbose: bool = False
 ) -> Outcome:
     if report is not None:
-        append_report(report, o)
+        report.add(o)
     if o.error is not None:
         if verbose and o.trace:
             err.print(o.trace, highlight=False, soft_wrap=True, markup=False)
-        err.print(f"[red]error:[/red] {o.error}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(o.error)}", highlight=False, soft_wrap=True)
         return o
     for r in o.results:
         if not quiet:
             where = "" if single else f"{r.output}: "  # in a batch, say which file
             for note in r.notes:
-                err.print(f"[dim]note:[/dim] {where}{note}", highlight=False, soft_wrap=True)
+                err.print(
+                    f"[dim]note:[/dim] {escape(f'{where}{note}')}", highlight=False, soft_wrap=True
+                )
         if r.skipped:
             status = "skipped (exists)"
         else:
@@ -387,7 +485,7 @@ def compare(
             sbs = make_side_by_side(sources, side_by_side, EncodeOptions(fps=fps), overwrite)
     _comparison_table(result)
     for note in (*result.notes, *(sbs.notes if sbs else ())):
-        err.print(f"[dim]note:[/dim] {note}", highlight=False, soft_wrap=True)
+        err.print(f"[dim]note:[/dim] {escape(note)}", highlight=False, soft_wrap=True)
     if sbs:
         v = sbs.video
         out.print(f"{v.path}  {v.frames} frames {v.width}x{v.height}", highlight=False)

@@ -52,6 +52,7 @@ from latent2mp4.pipeline import (
     validate,
 )
 from latent2mp4.presets import Preset
+from latent2mp4.storage import local_output
 from latent2mp4.video import write_video
 from latent2mp4.weights import LoadedVae, load_vae, resolve_vae
 
@@ -332,13 +333,17 @@ class Decoder:
         start = time.perf_counter()
         out, seconds = video.output, job.frames / job.fps
         # The audio is decoded first (it is small); the frames stream after it.
-        with audio_track(job.audio, video.batch, self.audio, out, seconds, opts) as sound:
+        # A URL's video is written to a local file and uploaded whole once finished.
+        with (
+            local_output(out, opts.overwrite) as target,
+            audio_track(job.audio, video.batch, self.audio, target, seconds, opts) as sound,
+        ):
             track, audio, audio_notes = sound
             frames = prefetch(to_frames(self.stream(job, video)), PREFETCH_FRAMES)
             try:
                 info = write_video(
                     _count(frames, progress),
-                    out,
+                    target,
                     encode_options(opts, job.fps, meta),
                     opts.overwrite,
                     track,

@@ -32,6 +32,7 @@ from latent2mp4.models.registry import get_family
 from latent2mp4.models.tiny.taehv import TINY_BYTES_PER_PIXEL, download_hint
 from latent2mp4.packed import VideoSize
 from latent2mp4.presets import Preset, builtin_presets, load_preset
+from latent2mp4.storage import as_path
 from latent2mp4.tiling import choose_grid, tile_grid
 from latent2mp4.video import EncodeOptions, check_output
 from latent2mp4.weights import vae_latents
@@ -91,6 +92,11 @@ class DecodeOptions:
             value = getattr(self, name)
             if isinstance(value, str):
                 object.__setattr__(self, name, Path(value))
+        for name in ("out", "out_dir"):  # outputs may go to object storage (s3://…)
+            value = getattr(self, name)
+            if value is not None:
+                flag = "--out" if name == "out" else "--out-dir"
+                object.__setattr__(self, name, as_path(value, flag))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import imageio_ffmpeg
 import numpy as np
 
 from latent2mp4.errors import Interrupted, OutputError, UsageError
+from latent2mp4.storage import RemotePath, check_remote_output
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,9 @@ def ffmpeg_argv(
 
 def check_output(path: Path, overwrite: bool) -> None:
     """Fail early if `path` exists (without `overwrite`) or its folder is not writable."""
+    if isinstance(path, RemotePath):  # written locally, then uploaded whole
+        check_remote_output(path, overwrite)
+        return
     if path.exists() and not overwrite:
         raise OutputError(
             f"{path}: output exists; pass --overwrite to replace it or --skip-existing"
