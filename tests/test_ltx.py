@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from latent2mp4.engine import TileGrid, decode_stream
 from latent2mp4.latents import save_latents
 from latent2mp4.models.ltx.decoder import LtxConfig, detect
-from latent2mp4.models.ltx.layers import Conditioned, LtxDecoder
+from latent2mp4.models.ltx.stack import Conditioned, LtxDecoder
 from latent2mp4.models.registry import get_family
 from latent2mp4.video import read_video
 
@@ -129,9 +129,9 @@ def to_original(state: dict[str, torch.Tensor], cfg: LtxConfig) -> dict[str, tor
     """diffusers names → the original releases' flat `up_blocks.K` (single_file_utils.py)."""
     lay = cfg.layout()
     units = ["decoder.mid_block."]
-    for i, ((cin, cout, _), up) in enumerate(zip(lay.blocks, lay.upsamplers, strict=True)):
-        units += [f"decoder.up_blocks.{i}.conv_in."] if cin != cout else []
-        units += [f"decoder.up_blocks.{i}.upsamplers.0."] if up else []
+    for i, spec in enumerate(lay.blocks):
+        units += [f"decoder.up_blocks.{i}.conv_in."] if spec.conv_in is not None else []
+        units += [f"decoder.up_blocks.{i}.upsamplers.0."] if spec.up else []
         units += [f"decoder.up_blocks.{i}."]
     out = {}
     for key, v in state.items():
@@ -433,8 +433,6 @@ def test_packed_sizes_checked_and_merged_with_metadata(tmp_path, cli) -> None:
 
 def test_each_spatial_tile_draws_its_own_injected_noise() -> None:
     """One state per tile (the engine's order); the first keeps the seed of an untiled decode."""
-    from latent2mp4.models.ltx.layers import Conditioned
-
     bound = Conditioned(None, 0.05, 3)  # type: ignore[arg-type]  # no decoder needed
     seeds = [bound.new_state().seed for _ in range(3)]
     assert seeds[0] == 3 and len(set(seeds)) == 3

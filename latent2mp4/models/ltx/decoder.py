@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from latent2mp4.models.family import Conditioning, Family, Shapes, TimestepSettings
-from latent2mp4.models.ltx.layers import Conditioned, Layout, LtxDecoder, PaddingMode
+from latent2mp4.models.ltx.layers import BlockSpec, PaddingMode, UpSpec
+from latent2mp4.models.ltx.stack import Conditioned, Layout, LtxDecoder
 from latent2mp4.normalization import Normalization
 
 UP_TYPES = {"spatiotemporal": (2, 2, 2), "spatial": (1, 2, 2), "temporal": (2, 1, 1)}
@@ -158,34 +159,55 @@ class LtxConfig:
         scaling = _rev(self.decoder_spatio_temporal_scaling)
         residual = _rev(self.upsample_residual)
         factors = _rev(self.upsample_factor)
+        noise = [bool(x) for x in _rev(self.decoder_inject_noise)]
         if not (len(scaling) == len(residual) == len(factors) == len(self.upsample_type) == n):
             raise ValueError(f"per-block decoder settings must have {n} values")
-        blocks, ups = [], []
+        blocks = []
         width = widths[0]
         for i in range(n):
-            cin, width = width // factors[i], widths[i] // factors[i]
-            if cin != width and self.timestep_conditioning:
+            # diffusers sizes a block by its widths divided by the up-sampler's factor.
+            factor = int(factors[i])
+            cin, cout = width // factor, widths[i] // factor
+            if cin != cout and self.timestep_conditioning:
                 raise ValueError("timestep-conditioned blocks that change width are unsupported")
-            blocks.append((cin, width, layers[i + 1]))
+            if cin != cout and factor != 1:
+                raise ValueError("blocks that change width with upsample_factor > 1 unsupported")
             kind = self.upsample_type[i]
             if kind not in UP_TYPES:
                 raise ValueError(f"upsample_type {kind!r} unsupported: expected {list(UP_TYPES)}")
-            ups.append((UP_TYPES[kind], bool(residual[i]), int(factors[i])) if scaling[i] else None)
-        return Layout(
+            up = UpSpec(UP_TYPES[kind], bool(residual[i]), factor) if scaling[i] else None
+            if up is None and factor != 1:
+                raise ValueError("upsample_factor > 1 needs an up-sampler")
+            blocks.append(
+                BlockSpec(
+                    cin=width,
+                    width=cout,
+                    layers=layers[i + 1],
+                    conv_in=cout if cin != cout else None,
+                    up=up,
+                    noise=noise[i + 1],
+                    conv_in_noise=noise[i + 1],
+                    timed=self.timestep_conditioning,
+                )
+            )
+            width = cout
+        mid = BlockSpec(
+            widths[0], widths[0], layers[0], noise=noise[0], timed=self.timestep_conditioning
+        )
+        lay = Layout(
             latent_channels=self.latent_channels,
             out_channels=self.out_channels,
             patch_size=self.patch_size,
-            mid_channels=widths[0],
-            mid_layers=layers[0],
+            mid=mid,
             blocks=tuple(blocks),
-            upsamplers=tuple(ups),
-            inject_noise=tuple(bool(x) for x in _rev(self.decoder_inject_noise)),
             conditioned=self.timestep_conditioning,
             causal=self.decoder_causal,
             padding_mode=self.padding_mode,
             plain_shortcut=self.ltx2,
             eps=self.resnet_norm_eps,
         )
+        lay.check()
+        return lay
 
 
 LTX2_DEFAULTS = LtxConfig(
@@ -203,7 +225,8 @@ LTX2_DEFAULTS = LtxConfig(
 
 
 def build(cfg: LtxConfig) -> LtxDecoder:
-    return LtxDecoder(cfg.layout(), cfg.scaling_factor)
+    # LTX-2's pipelines mix decode noise before de-normalising; diffusers' LTX-Video after.
+    return LtxDecoder(cfg.layout(), cfg.scaling_factor, model_space_noise=cfg.ltx2)
 
 
 # ---- checkpoint naming ------------------------------------------------------------------------
@@ -293,35 +316,32 @@ def normalization(module: nn.Module) -> Normalization:
     return Normalization(mean=mean, std=std, scaling_factor=module.scaling_factor)
 
 
-def make_condition(model_space_noise: bool) -> Callable[..., Conditioning | None]:
-    def condition(
-        module: nn.Module, settings: TimestepSettings, batch: int, shape: tuple[int, ...]
-    ) -> Conditioning | None:
-        """The decoder bound to `settings`, and the pipeline's noise mix `(1 - s) z + s noise`
-        over latents of `shape`, with noise seeded per batch element (`seed + batch`); None
-        without timestep conditioning."""
-        assert isinstance(module, LtxDecoder)
-        if not module.layout.conditioned:
-            return None
-        s = settings.noise_scale
-        g = torch.Generator().manual_seed(settings.seed + batch)
-        noise = torch.randn(shape, generator=g) if s else None  # the latents' size: small
-        mean, std = module.stats()
-        scale = module.scaling_factor
+def condition(
+    module: nn.Module, settings: TimestepSettings, batch: int, shape: tuple[int, ...]
+) -> Conditioning | None:
+    """The decoder bound to `settings`, and the pipeline's noise mix `(1 - s) z + s noise`
+    over latents of `shape`, with noise seeded per batch element (`seed + batch`); None
+    without timestep conditioning."""
+    assert isinstance(module, LtxDecoder)
+    if not module.layout.conditioned:
+        return None
+    s = settings.noise_scale
+    g = torch.Generator().manual_seed(settings.seed + batch)
+    noise = torch.randn(shape, generator=g) if s else None  # the latents' size: small
+    mean, std = module.stats()
+    scale = module.scaling_factor
 
-        def mix(z: Tensor, start: int, stop: int) -> Tensor:
-            if noise is None:
-                return z
-            n = noise[:, :, start:stop].to(z.device)
-            if model_space_noise:  # LTX-2 mixes before de-normalising (pipeline_ltx2.py)
-                m, d = mean.to(z.device), std.to(z.device)
-                zm = (z - m) * scale / d
-                return ((1 - s) * zm + s * n) * d / scale + m
-            return (1 - s) * z + s * n
+    def mix(z: Tensor, start: int, stop: int) -> Tensor:
+        if noise is None:
+            return z
+        n = noise[:, :, start:stop].to(z.device)
+        if module.model_space_noise:  # LTX-2 and original LTX-Video files (LtxDecoder)
+            m, d = mean.to(z.device), std.to(z.device)
+            zm = (z - m) * scale / d
+            return ((1 - s) * zm + s * n) * d / scale + m
+        return (1 - s) * z + s * n
 
-        return Conditioned(module, settings.timestep, settings.seed + batch), mix
-
-    return condition
+    return Conditioned(module, settings.timestep, settings.seed + batch), mix
 
 
 FAMILY = Family(
@@ -333,5 +353,5 @@ FAMILY = Family(
     rename_keys=make_rename(ltx2=False),
     detect=detect,
     normalization=normalization,
-    condition=make_condition(model_space_noise=False),
+    condition=condition,
 )
