@@ -117,7 +117,7 @@ class Decoder:
         self._lock = threading.Lock()
         self.audio: Callable[[], AudioModels] | None = None  # loads on first audio latents
         self._condition: Callable[[int, tuple[int, ...]], Conditioning] | None = None
-        self.notes: tuple[str, ...] = ()  # said with every video (timestep conditioning)
+        self.notes: tuple[str, ...] = ()  # said with every video (conditioning, the VAE's config)
         if options.decoder == "preview":
             self.module = cast("StreamModule", PreviewDecoder(preset).to(self.device))
             self.dtype = torch.float32
@@ -134,7 +134,8 @@ class Decoder:
         self.normalization = preset.normalization.with_values_of(loaded.normalization)
         self.description = loaded.description
         self.audio = audio_loader(options, preset, self.device)
-        self._condition, self.notes = _conditioning(options, preset, loaded)
+        self._condition, notes = _conditioning(options, preset, loaded)
+        self.notes = loaded.notes + notes
 
     # ---- the Python API --------------------------------------------------------------------
 

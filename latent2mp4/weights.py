@@ -39,6 +39,8 @@ class VaeSource:
     files: tuple[Path, ...]
     config: dict[str, Any] | None
     description: str
+    # A single safetensors file's header metadata (original releases keep their config there).
+    metadata: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class LoadedVae:
     family: Family
     normalization: Normalization | None  # from the weights or config.json; overrides the preset's
     description: str
+    notes: tuple[str, ...] = ()  # said with every video (an original config read, …)
 
 
 def known_families() -> list[Family]:
@@ -63,8 +66,7 @@ def resolve_vae(spec: str | None, preset: Preset) -> VaeSource:
     if path.is_dir():
         return _from_folder(path)
     if path.is_file():
-        config = _sibling_config(path)
-        return VaeSource(files=(path,), config=config, description=str(path))
+        return _single_file(path)
     if REPO_ID.match(spec) and not spec.startswith((".", "/")):
         return _from_hub(spec, preset.hub_subfolder, default=False)
     raise WeightsError(f"{spec}: no such VAE file or folder (nor a Hugging Face repo id)")
@@ -77,15 +79,34 @@ def _from_folder(path: Path) -> VaeSource:
     if not files:
         singles = sorted(p for p in path.iterdir() if p.suffix.lower() in WEIGHT_SUFFIXES)
         if len(singles) == 1:
-            return VaeSource(
-                files=(singles[0],), config=_sibling_config(singles[0]), description=str(singles[0])
-            )
+            return _single_file(singles[0])
         raise WeightsError(
             f"{path}: no VAE weights here (expected {DIFFUSERS_WEIGHTS}.safetensors, a vae/ "
             "subfolder, or a single weights file)"
         )
     config = _read_config(path / "config.json") if (path / "config.json").is_file() else None
     return VaeSource(files=files, config=config, description=str(path))
+
+
+def _single_file(path: Path) -> VaeSource:
+    return VaeSource(
+        files=(path,),
+        config=_sibling_config(path),
+        description=str(path),
+        metadata=_safetensors_metadata(path),
+    )
+
+
+def _safetensors_metadata(path: Path) -> Mapping[str, str] | None:
+    """The header metadata of a safetensors file (reads the header only); None for other
+    files, and for unreadable ones, which open_tensors reports."""
+    if path.suffix.lower() != ".safetensors":
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata()
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return None
 
 
 def _diffusers_files(folder: Path) -> tuple[Path, ...]:
@@ -443,7 +464,11 @@ def load_vae(
     entries = _strip_prefix(open_tensors(source.files))
     family = _family_for(list(entries), source.config, preset, where)
     normalization = _config_normalization(source, preset)
-    mapping = family.rename_keys(entries)
+    meta_config = _metadata_config(source, family, where)
+    if meta_config is not None and family.rename_for_config is not None:
+        mapping = family.rename_for_config(meta_config, entries)
+    else:
+        mapping = family.rename_keys(entries)
     if not mapping:
         _require_decoder(list(entries), where)
         raise WeightsError(
@@ -455,6 +480,8 @@ def load_vae(
     try:
         if source.config is not None:
             config = family.config_from_diffusers(source.config)
+        elif meta_config is not None:
+            config = meta_config
         else:
             config = family.config_from_shapes(shapes)
     except KeyError as e:
@@ -475,7 +502,13 @@ def load_vae(
     except (ValueError, TypeError, RuntimeError, ZeroDivisionError, IndexError) as e:
         # e.g. a group count that does not divide a width: the config contradicts itself or the
         # tensors it was read from.
-        built_from = "this config" if source.config is not None else "these weights' shapes"
+        built_from = (
+            "this config"
+            if source.config is not None
+            else "its metadata's config"
+            if meta_config is not None
+            else "these weights' shapes"
+        )
         raise WeightsError(
             f"{cfg_where}: the {family.name} decoder cannot be built from {built_from} "
             f"({_reason(e)})"
@@ -490,4 +523,23 @@ def load_vae(
             family.normalization(decoder) if family.normalization is not None else normalization
         ),
         description=where,
+        notes=family.config_notes(config) if family.config_notes is not None else (),
     )
+
+
+def _metadata_config(source: VaeSource, family: Family, where: str) -> Any:
+    """The family's config from a single file's metadata, when there is no config.json and the
+    metadata holds one (an original release's own architecture); None otherwise."""
+    if source.config is not None or not source.metadata or family.config_from_metadata is None:
+        return None
+    try:
+        return family.config_from_metadata(source.metadata)
+    except KeyError as e:
+        raise WeightsError(
+            f"{where}: the {family.name} config in its metadata lacks {e.args[0]!r}"
+        ) from None
+    except (ValueError, TypeError) as e:
+        raise WeightsError(
+            f"{where}: cannot build the {family.name} decoder from the config in its metadata "
+            f"({_reason(e)})"
+        ) from None

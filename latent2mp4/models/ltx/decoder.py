@@ -10,7 +10,7 @@ releases' `per_channel_statistics`): `z * std / scaling_factor + mean`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -19,6 +19,13 @@ from torch import Tensor, nn
 
 from latent2mp4.models.family import Conditioning, Family, Shapes, TimestepSettings
 from latent2mp4.models.ltx.layers import BlockSpec, PaddingMode, UpSpec
+from latent2mp4.models.ltx.naming import detect, make_rename
+from latent2mp4.models.ltx.original import (
+    OriginalConfig,
+    config_from_metadata,
+    config_notes,
+    rename_for_config,
+)
 from latent2mp4.models.ltx.stack import Conditioned, Layout, LtxDecoder
 from latent2mp4.normalization import Normalization
 
@@ -59,6 +66,11 @@ class LtxConfig:
     decoder_causal: bool = False
     padding_mode: PaddingMode = "zeros"
     ltx2: bool = False  # LTX-2 naming quirk: plain 1x1x1 shortcut convs
+
+    @property
+    def model_space_noise(self) -> bool:
+        """LTX-2's pipelines mix decode noise before de-normalising; diffusers' LTX-Video after."""
+        return self.ltx2
 
     @classmethod
     def from_diffusers(cls, d: Mapping[str, Any], ltx2: bool = False) -> LtxConfig:
@@ -224,85 +236,8 @@ LTX2_DEFAULTS = LtxConfig(
 )
 
 
-def build(cfg: LtxConfig) -> LtxDecoder:
-    # LTX-2's pipelines mix decode noise before de-normalising; diffusers' LTX-Video after.
-    return LtxDecoder(cfg.layout(), cfg.scaling_factor, model_space_noise=cfg.ltx2)
-
-
-# ---- checkpoint naming ------------------------------------------------------------------------
-
-# Original LTX releases (ltxv-*.safetensors, ComfyUI and Lightricks LTX-2 files) number the
-# decoder's mid block, channel-changing blocks, up-samplers and residual groups as one flat
-# `up_blocks.K` list, in forward order (diffusers, loaders/single_file_utils.py). Which diffusers
-# module each K is follows from its keys: `res_blocks.*` is a group, `conv1.*` a lone block,
-# `conv.*` an up-sampler; the first group is the mid block.
-_UNIT = re.compile(r"^decoder\.up_blocks\.(\d+)\.(.*)$")
-_RENAMES = (
-    ("res_blocks.", "resnets."),
-    ("norm3.norm.", "norm3."),
-    ("decoder.last_time_embedder.", "decoder.time_embedder."),
-    ("decoder.last_scale_shift_table", "decoder.scale_shift_table"),
-)
-_STATS = {
-    "per_channel_statistics.mean-of-means": "latents_mean",
-    "per_channel_statistics.std-of-means": "latents_std",
-}
-_KEPT = ("decoder.", "latents_mean", "latents_std")
-_SHORTCUT = re.compile(r"\.conv_shortcut\.(weight|bias)$")
-
-
-def _unit_prefixes(keys: list[str]) -> dict[int, str]:
-    units: dict[int, set[str]] = {}
-    for key in keys:
-        if m := _UNIT.match(key):
-            units.setdefault(int(m[1]), set()).add(m[2].split(".")[0])
-    out: dict[int, str] = {}
-    block, seen_mid = 0, False
-    for k in sorted(units):
-        kinds = units[k]
-        if "res_blocks" in kinds:
-            out[k] = f"decoder.up_blocks.{block}." if seen_mid else "decoder.mid_block."
-            block, seen_mid = (block + 1 if seen_mid else block), True
-        elif "conv1" in kinds:
-            out[k] = f"decoder.up_blocks.{block}.conv_in."
-        else:
-            out[k] = f"decoder.up_blocks.{block}.upsamplers.0."
-    return out
-
-
-def make_rename(ltx2: bool) -> Callable[[Iterable[str]], dict[str, str]]:
-    def rename_keys(keys: Iterable[str]) -> dict[str, str]:
-        """Map checkpoint keys (diffusers or original LTX naming) to decoder keys; encoder and
-        unused statistics are left out."""
-        keys = list(keys)
-        original = any(k.startswith("per_channel_statistics.") or ".res_blocks." in k for k in keys)
-        units = _unit_prefixes(keys) if original else {}
-        out = {}
-        for key in keys:
-            new = _STATS.get(key, key)
-            if original and (m := _UNIT.match(new)):
-                new = units[int(m[1])] + m[2]
-            if original:
-                for old, rep in _RENAMES:
-                    new = new.replace(old, rep)
-                if not ltx2:  # 0.9.x wraps its 1x1x1 shortcut conv; LTX-2 keeps it plain
-                    new = _SHORTCUT.sub(r".conv_shortcut.conv.\1", new)
-            if new.startswith(_KEPT):
-                out[key] = new
-        return out
-
-    return rename_keys
-
-
-def detect(keys: Collection[str]) -> bool:
-    """Whether `keys` hold an LTX-Video or LTX-2 video VAE (diffusers or original naming).
-
-    The two generations share key names and, for 0.9.5+ and LTX-2, shapes; they differ in
-    padding and causality, which the weights do not show, so --model (or config.json) decides.
-    """
-    return "decoder.conv_in.conv.weight" in keys and (
-        "latents_mean" in keys or "per_channel_statistics.mean-of-means" in keys
-    )
+def build(cfg: LtxConfig | OriginalConfig) -> LtxDecoder:
+    return LtxDecoder(cfg.layout(), cfg.scaling_factor, model_space_noise=cfg.model_space_noise)
 
 
 # ---- normalisation and conditioning hooks -----------------------------------------------------
@@ -354,4 +289,7 @@ FAMILY = Family(
     detect=detect,
     normalization=normalization,
     condition=condition,
+    config_from_metadata=config_from_metadata,
+    rename_for_config=rename_for_config,
+    config_notes=config_notes,
 )
