@@ -350,6 +350,32 @@ def _config_normalization(source: VaeSource, preset: Preset) -> Normalization | 
     return norm
 
 
+def statistics_from_weights(spec: str, preset: Preset) -> Normalization | None:
+    """The latent statistics in the VAE `spec` names, for a family that keeps them in its
+    weights (LTX's `latents_mean`/`latents_std`, the originals' `per_channel_statistics`), read
+    without building a decoder: the header and those two tensors. None for families whose
+    statistics are the preset's or config.json's."""
+    if get_family(preset.family).normalization is None:
+        return None
+    source = resolve_vae(spec, preset)
+    where = source.description
+    entries = _strip_prefix(open_tensors(source.files))
+    family = _family_for(list(entries), source.config, preset, where)
+    names = {dst: src for src, dst in family.rename_keys(entries).items()}
+    if "latents_mean" not in names or "latents_std" not in names:
+        raise WeightsError(f"{where}: holds no latents_mean/latents_std (latent statistics)")
+    mean, std = (entries[names[k]][1]().float().flatten() for k in ("latents_mean", "latents_std"))
+    if not bool(torch.isfinite(mean).all() and torch.isfinite(std).all()) or bool((std == 0).any()):
+        raise WeightsError(f"{where}: latents_mean/latents_std hold NaN, Inf or a zero std")
+    scale = (source.config or {}).get("scaling_factor", 1.0)
+    try:
+        return Normalization(
+            mean=tuple(mean.tolist()), std=tuple(std.tolist()), scaling_factor=float(scale)
+        )
+    except (TypeError, ValueError):
+        raise WeightsError(f"{where}: scaling_factor {scale!r} is not a number") from None
+
+
 def _check_latent_channels(config: object, preset: Preset, family: str, where: str) -> None:
     """A VAE for other latents (Wan 2.1's 16 channels against Wan 2.2's 48) is refused at load,
     naming the weights, not at the first chunk naming the latents."""
