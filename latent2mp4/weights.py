@@ -6,7 +6,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -192,7 +192,7 @@ def _from_hub(repo: str, subfolder: str, default: bool) -> VaeSource:
                 f"huggingface-cli download {repo} --include '{subfolder}/*'"
             )
     source = _from_folder(folder)
-    return VaeSource(files=source.files, config=source.config, description=f"{repo} ({folder})")
+    return replace(source, description=f"{repo} ({folder})")
 
 
 # ---- reading tensors lazily -------------------------------------------------------------------
