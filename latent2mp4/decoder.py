@@ -54,7 +54,7 @@ from latent2mp4.pipeline import (
 from latent2mp4.presets import Preset
 from latent2mp4.storage import local_output
 from latent2mp4.video import write_video
-from latent2mp4.weights import LoadedVae, load_vae, resolve_vae
+from latent2mp4.weights import LoadedVae, load_vae, resolve_vae, statistics_from_weights
 
 if TYPE_CHECKING:
     from latent2mp4.models.family import StreamModule
@@ -120,13 +120,16 @@ class Decoder:
         self._lock = threading.Lock()
         self.audio: Callable[[], AudioModels] | None = None  # loads on first audio latents
         self._condition: Callable[[int, tuple[int, ...]], Conditioning] | None = None
-        self.notes: tuple[str, ...] = ()  # said with every video (naming, timestep conditioning)
+        self.notes: tuple[str, ...] = ()  # said with every video (naming, conditioning)
         # What the loaded VAE decodes (its channels and own normalisation); None: the preset's
         self.vae: VaeLatents | None = None
         if options.decoder == "preview":
             self.module = cast("StreamModule", PreviewDecoder(preset).to(self.device))
             self.dtype = torch.float32
-            self.normalization = preset.normalization
+            # A VAE named with the preview lends its latent statistics where they live in its
+            # weights (LTX): read alone, no decoder built.
+            stats = statistics_from_weights(options.vae, preset) if options.vae else None
+            self.normalization = preset.normalization.with_values_of(stats)
             self.description = "preview (no weights)"
             return
         self.dtype = pick_dtype(options.dtype, self.device, preset, options.lossless)

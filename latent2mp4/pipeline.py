@@ -282,12 +282,22 @@ def plan_latents(
     notes = (*sel.notes, f"latent space: {space} ({why})")
     if opts.decoder == "preview" and preset.preview.approximate:
         notes += (f"preview colours for {preset.name} are approximate (no published factors)",)
+    stats_from_vae = opts.decoder == "preview" and opts.vae is not None
     if opts.decoder != "vae" and space == "vae" and get_family(preset.family).normalization:
-        # LTX keeps its latent statistics in the VAE weights, which these decoders never load.
-        notes += (
-            f"VAE-space latents go to the {opts.decoder} decoder un-normalised: the "
-            f"{preset.name} statistics live in its VAE weights; colours may be off",
-        )
+        # LTX keeps its latent statistics in the VAE weights: the preview reads them from a
+        # --vae; the tiny decoder's --vae is its own file, so it has none to read.
+        if stats_from_vae:
+            notes += (f"VAE-space latents normalised with the statistics in {opts.vae}",)
+        else:
+            where = (
+                "--decoder preview --vae VAE reads them"
+                if opts.decoder == "preview"
+                else "the tiny decoder's --vae is its taehv file"
+            )
+            notes += (
+                f"VAE-space latents go to the {opts.decoder} decoder un-normalised: the "
+                f"{preset.name} statistics live in its VAE weights ({where}); colours may be off",
+            )
     lh, lw = sel.view.shape[-2:]
     h, w = lh * preset.spatial_ratio, lw * preset.spatial_ratio
     if max(h, w) > MAX_FRAME_SIDE:

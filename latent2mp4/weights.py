@@ -6,7 +6,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -40,6 +40,8 @@ class VaeSource:
     files: tuple[Path, ...]
     config: dict[str, Any] | None
     description: str
+    # A single safetensors file's header metadata (original releases keep their config there).
+    metadata: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,9 @@ class VaeSpec:
     mapping: dict[str, str]  # checkpoint key → decoder module key
     config: Any  # the family's architecture config
     where: str  # what the architecture was read from, for messages
+    built_from: str  # "this config", "its metadata's config" or "these weights' shapes"
     latents: VaeLatents
-    note: str | None = None  # which reference the decode follows, where that matters
+    notes: tuple[str, ...] = ()  # which reference the decode follows, where that matters
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,7 @@ def _resolve(spec: str | None, preset: Preset, local_only: bool) -> VaeSource | 
     if path.is_dir():
         return _from_folder(path)
     if path.is_file():
-        config = _sibling_config(path)
-        return VaeSource(files=(path,), config=config, description=str(path))
+        return _single_file(path)
     if REPO_ID.match(spec) and not spec.startswith((".", "/")):
         return _hub_source(spec, preset.hub_subfolder, False, local_only)
     raise WeightsError(f"{spec}: no such VAE file or folder (nor a Hugging Face repo id)")
@@ -102,15 +104,34 @@ def _from_folder(path: Path) -> VaeSource:
     if not files:
         singles = sorted(p for p in path.iterdir() if p.suffix.lower() in WEIGHT_SUFFIXES)
         if len(singles) == 1:
-            return VaeSource(
-                files=(singles[0],), config=_sibling_config(singles[0]), description=str(singles[0])
-            )
+            return _single_file(singles[0])
         raise WeightsError(
             f"{path}: no VAE weights here (expected {DIFFUSERS_WEIGHTS}.safetensors, a vae/ "
             "subfolder, or a single weights file)"
         )
     config = _read_config(path / "config.json") if (path / "config.json").is_file() else None
     return VaeSource(files=files, config=config, description=str(path))
+
+
+def _single_file(path: Path) -> VaeSource:
+    return VaeSource(
+        files=(path,),
+        config=_sibling_config(path),
+        description=str(path),
+        metadata=_safetensors_metadata(path),
+    )
+
+
+def _safetensors_metadata(path: Path) -> Mapping[str, str] | None:
+    """The header metadata of a safetensors file (reads the header only); None for other
+    files, and for unreadable ones, which open_tensors reports."""
+    if path.suffix.lower() != ".safetensors":
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata()
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return None
 
 
 def _diffusers_files(folder: Path) -> tuple[Path, ...]:
@@ -206,7 +227,7 @@ def _hub_source(repo: str, subfolder: str, default: bool, local_only: bool) -> V
                 f"huggingface-cli download {repo} --include '{subfolder}/*'"
             )
     source = _from_folder(folder)
-    return VaeSource(files=source.files, config=source.config, description=f"{repo} ({folder})")
+    return replace(source, description=f"{repo} ({folder})")
 
 
 # ---- reading tensors lazily -------------------------------------------------------------------
@@ -367,6 +388,32 @@ def _config_normalization(
     return norm
 
 
+def statistics_from_weights(spec: str, preset: Preset) -> Normalization | None:
+    """The latent statistics in the VAE `spec` names, for a family that keeps them in its
+    weights (LTX's `latents_mean`/`latents_std`, the originals' `per_channel_statistics`), read
+    without building a decoder: the header and those two tensors. None for families whose
+    statistics are the preset's or config.json's."""
+    if get_family(preset.family).normalization is None:
+        return None
+    source = resolve_vae(spec, preset)
+    where = source.description
+    entries = _strip_prefix(open_tensors(source.files))
+    family = _family_for(list(entries), source.config, preset, where)
+    names = {dst: src for src, dst in family.rename_keys(entries).items()}
+    if "latents_mean" not in names or "latents_std" not in names:
+        raise WeightsError(f"{where}: holds no latents_mean/latents_std (latent statistics)")
+    mean, std = (entries[names[k]][1]().float().flatten() for k in ("latents_mean", "latents_std"))
+    if not bool(torch.isfinite(mean).all() and torch.isfinite(std).all()) or bool((std == 0).any()):
+        raise WeightsError(f"{where}: latents_mean/latents_std hold NaN, Inf or a zero std")
+    scale = (source.config or {}).get("scaling_factor", 1.0)
+    try:
+        return Normalization(
+            mean=tuple(mean.tolist()), std=tuple(std.tolist()), scaling_factor=float(scale)
+        )
+    except (TypeError, ValueError):
+        raise WeightsError(f"{where}: scaling_factor {scale!r} is not a number") from None
+
+
 def _config_channels(config: object) -> int | None:
     found = getattr(config, "latent_channels", None) or getattr(config, "z_dim", None)
     return found if isinstance(found, int) else None
@@ -508,7 +555,11 @@ def inspect_vae(source: VaeSource, preset: Preset) -> VaeSpec:
     where = source.description
     entries = _strip_prefix(open_tensors(source.files))
     family = _family_for(list(entries), source.config, preset, where)
-    mapping = family.rename_keys(entries)
+    meta_config = _metadata_config(source, family, where)
+    if meta_config is not None and family.rename_for_config is not None:
+        mapping = family.rename_for_config(meta_config, entries)
+    else:
+        mapping = family.rename_keys(entries)
     if not mapping:
         _require_decoder(list(entries), where)
         raise WeightsError(
@@ -520,6 +571,8 @@ def inspect_vae(source: VaeSource, preset: Preset) -> VaeSpec:
     try:
         if source.config is not None:
             config = family.config_from_diffusers(source.config)
+        elif meta_config is not None:
+            config = meta_config
         else:
             config = family.config_from_shapes(shapes)
     except KeyError as e:
@@ -533,9 +586,10 @@ def inspect_vae(source: VaeSource, preset: Preset) -> VaeSpec:
         raise WeightsError(
             f"{cfg_where}: cannot build the {family.name} decoder config ({_reason(e)})"
         ) from None
-    note = None
+    notes = family.config_notes(config) if family.config_notes is not None else ()
     if family.for_naming is not None:
         config, note = family.for_naming(config, entries.keys())
+        notes += (note,) if note else ()
     channels = _config_channels(config)
     origin = _channels_origin(source, where)
     _check_compression(config, preset, family.name, channels, cfg_where)
@@ -546,7 +600,14 @@ def inspect_vae(source: VaeSource, preset: Preset) -> VaeSpec:
         statistics_in_weights=family.normalization is not None,
         fits=_fitting_presets(preset, channels),
     )
-    return VaeSpec(source, entries, family, mapping, config, cfg_where, latents, note)
+    built_from = (
+        "this config"
+        if source.config is not None
+        else "its metadata's config"
+        if meta_config is not None
+        else "these weights' shapes"
+    )
+    return VaeSpec(source, entries, family, mapping, config, cfg_where, built_from, latents, notes)
 
 
 def vae_latents(spec: str | None, preset: Preset) -> VaeLatents:
@@ -572,9 +633,8 @@ def load_vae(
     except (ValueError, TypeError, RuntimeError, ZeroDivisionError, IndexError) as e:
         # e.g. a group count that does not divide a width: the config contradicts itself or the
         # tensors it was read from.
-        built_from = "this config" if source.config is not None else "these weights' shapes"
         raise WeightsError(
-            f"{spec.where}: the {family.name} decoder cannot be built from {built_from} "
+            f"{spec.where}: the {family.name} decoder cannot be built from {spec.built_from} "
             f"({_reason(e)})"
         ) from None
     load_strict(decoder, spec.entries, spec.mapping, where, device, dtype)
@@ -590,5 +650,23 @@ def load_vae(
         ),
         description=where,
         latents=spec.latents,
-        notes=(spec.note,) if spec.note else (),
+        notes=spec.notes,
     )
+
+
+def _metadata_config(source: VaeSource, family: Family, where: str) -> Any:
+    """The family's config from a single file's metadata, when there is no config.json and the
+    metadata holds one (an original release's own architecture); None otherwise."""
+    if source.config is not None or not source.metadata or family.config_from_metadata is None:
+        return None
+    try:
+        return family.config_from_metadata(source.metadata)
+    except KeyError as e:
+        raise WeightsError(
+            f"{where}: the {family.name} config in its metadata lacks {e.args[0]!r}"
+        ) from None
+    except (ValueError, TypeError) as e:
+        raise WeightsError(
+            f"{where}: cannot build the {family.name} decoder from the config in its metadata "
+            f"({_reason(e)})"
+        ) from None

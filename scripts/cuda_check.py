@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from latent2mp4 import DecodeOptions, decode_file, load_preset, save_latents  # noqa: E402
 from latent2mp4.audio import load_audio  # noqa: E402
 from latent2mp4.engine import TileGrid, decode_stream  # noqa: E402
-from latent2mp4.models.ltx.layers import Conditioned  # noqa: E402
+from latent2mp4.models.ltx.stack import Conditioned  # noqa: E402
 from latent2mp4.video import read_video  # noqa: E402
 from latent2mp4.weights import load_vae, resolve_vae  # noqa: E402
 

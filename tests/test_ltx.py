@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from latent2mp4.engine import TileGrid, decode_stream
 from latent2mp4.latents import save_latents
 from latent2mp4.models.ltx.decoder import LtxConfig, detect
-from latent2mp4.models.ltx.layers import Conditioned, LtxDecoder
+from latent2mp4.models.ltx.stack import Conditioned, LtxDecoder
 from latent2mp4.models.registry import get_family
 from latent2mp4.video import read_video
 
@@ -129,9 +129,9 @@ def to_original(state: dict[str, torch.Tensor], cfg: LtxConfig) -> dict[str, tor
     """diffusers names → the original releases' flat `up_blocks.K` (single_file_utils.py)."""
     lay = cfg.layout()
     units = ["decoder.mid_block."]
-    for i, ((cin, cout, _), up) in enumerate(zip(lay.blocks, lay.upsamplers, strict=True)):
-        units += [f"decoder.up_blocks.{i}.conv_in."] if cin != cout else []
-        units += [f"decoder.up_blocks.{i}.upsamplers.0."] if up else []
+    for i, spec in enumerate(lay.blocks):
+        units += [f"decoder.up_blocks.{i}.conv_in."] if spec.conv_in is not None else []
+        units += [f"decoder.up_blocks.{i}.upsamplers.0."] if spec.up else []
         units += [f"decoder.up_blocks.{i}."]
     out = {}
     for key, v in state.items():
@@ -433,8 +433,6 @@ def test_packed_sizes_checked_and_merged_with_metadata(tmp_path, cli) -> None:
 
 def test_each_spatial_tile_draws_its_own_injected_noise() -> None:
     """One state per tile (the engine's order); the first keeps the seed of an untiled decode."""
-    from latent2mp4.models.ltx.layers import Conditioned
-
     bound = Conditioned(None, 0.05, 3)  # type: ignore[arg-type]  # no decoder needed
     seeds = [bound.new_state().seed for _ in range(3)]
     assert seeds[0] == 3 and len(set(seeds)) == 3
@@ -450,3 +448,43 @@ def test_weightless_decoders_say_vae_space_ltx2_latents_are_not_normalised(tmp_p
     assert run.exit_code == 0 and "un-normalised" in run.stderr, run.output
     run = cli(*base, "--latent-space", "model", "-o", tmp_path / "b.mp4")
     assert run.exit_code == 0 and "un-normalised" not in run.stderr, run.output
+
+
+def test_preview_reads_the_statistics_of_the_vae_it_is_given(tmp_path, cli) -> None:
+    """LTX-2 pipeline latents (VAE space) with --vae: normalised with the VAE's own statistics,
+    read alone (a file with the two statistics and no decoder serves), exactly as the same
+    latents normalised by hand and given as model space."""
+    vae = make_tiny_ltx(tmp_path / "vae", "ltx2", seed=12)
+    zv = torch.randn(1, 128, 2, 2, 3, generator=torch.Generator().manual_seed(13))
+    save_file({"latents": zv}, str(tmp_path / "z.safetensors"))
+    mean, std = vae.latents_mean.view(1, -1, 1, 1, 1), vae.latents_std.view(1, -1, 1, 1, 1)
+    save_file({"latents": (zv - mean) / std}, str(tmp_path / "m.safetensors"))
+    stats_only = tmp_path / "stats.safetensors"
+    save_file(
+        {
+            "decoder.conv_in.conv.weight": torch.zeros(1),  # no decoder could be built from it
+            "latents_mean": vae.latents_mean.detach().clone(),
+            "latents_std": vae.latents_std.detach().clone(),
+        },
+        str(stats_only),
+    )
+    base = ["--decoder", "preview", "-m", "ltx2", "--lossless"]
+    run = cli("decode", tmp_path / "m.safetensors", *base, "--latent-space", "model",
+              "-o", tmp_path / "ref.mkv")  # fmt: skip
+    assert run.exit_code == 0, run.output
+    expected = read_video(tmp_path / "ref.mkv")[0]
+    for name, vae_arg in (("folder", tmp_path / "vae"), ("stats", stats_only)):
+        out = tmp_path / f"{name}.mkv"
+        run = cli("decode", tmp_path / "z.safetensors", *base, "--vae", vae_arg, "-o", out)
+        assert run.exit_code == 0, run.output
+        assert "un-normalised" not in run.output and "normalised with the statistics" in run.output
+        got = read_video(out)[0]
+        diff = np.abs(got.astype(int) - expected.astype(int)).max()
+        print(f"\npreview, VAE-space LTX-2 latents, statistics from {name}: max {diff} LSB")
+        assert diff <= 1
+    # A --vae without statistics is a one-line error, not a silent un-normalised preview.
+    bare = tmp_path / "bare.safetensors"
+    save_file({"decoder.conv_in.conv.weight": torch.zeros(1)}, str(bare))
+    run = cli("decode", tmp_path / "z.safetensors", *base, "--vae", bare, "-o", tmp_path / "x.mkv")
+    assert run.exit_code == 1 and len(run.stderr.strip().splitlines()) == 1, run.output
+    assert not (tmp_path / "x.mkv").exists()

@@ -74,3 +74,11 @@ class Family:
     # first frames): (config, the checkpoint's own key names, before renaming) → the config that
     # decodes as the code those names come from, and a note saying so (None: nothing to say).
     for_naming: Callable[[Any, Collection[str]], tuple[Any, str | None]] | None = None
+    # Architecture config from a single file's safetensors metadata, for original releases that
+    # carry their own (LTX-Video's `config` → `vae`); returns None when the metadata holds none
+    # (raises KeyError/ValueError for one it cannot build).
+    config_from_metadata: Callable[[Mapping[str, str]], Any | None] | None = None
+    # Checkpoint keys → module keys when that config lists the blocks (rename_keys guesses).
+    rename_for_config: Callable[[Any, Iterable[str]], dict[str, str]] | None = None
+    # One-line notes a config calls for (an original file that decodes unlike diffusers).
+    config_notes: Callable[[Any], tuple[str, ...]] | None = None

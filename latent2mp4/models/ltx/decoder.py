@@ -10,7 +10,7 @@ releases' `per_channel_statistics`): `z * std / scaling_factor + mean`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -18,7 +18,15 @@ import torch
 from torch import Tensor, nn
 
 from latent2mp4.models.family import Conditioning, Family, Shapes, TimestepSettings
-from latent2mp4.models.ltx.layers import Conditioned, Layout, LtxDecoder, PaddingMode
+from latent2mp4.models.ltx.layers import BlockSpec, PaddingMode, UpSpec
+from latent2mp4.models.ltx.naming import detect, make_rename
+from latent2mp4.models.ltx.original import (
+    OriginalConfig,
+    config_from_metadata,
+    config_notes,
+    rename_for_config,
+)
+from latent2mp4.models.ltx.stack import Conditioned, Layout, LtxDecoder
 from latent2mp4.normalization import Normalization
 
 UP_TYPES = {"spatiotemporal": (2, 2, 2), "spatial": (1, 2, 2), "temporal": (2, 1, 1)}
@@ -58,6 +66,11 @@ class LtxConfig:
     decoder_causal: bool = False
     padding_mode: PaddingMode = "zeros"
     ltx2: bool = False  # LTX-2 naming quirk: plain 1x1x1 shortcut convs
+
+    @property
+    def model_space_noise(self) -> bool:
+        """LTX-2's pipelines mix decode noise before de-normalising; diffusers' LTX-Video after."""
+        return self.ltx2
 
     @classmethod
     def from_diffusers(cls, d: Mapping[str, Any], ltx2: bool = False) -> LtxConfig:
@@ -158,34 +171,55 @@ class LtxConfig:
         scaling = _rev(self.decoder_spatio_temporal_scaling)
         residual = _rev(self.upsample_residual)
         factors = _rev(self.upsample_factor)
+        noise = [bool(x) for x in _rev(self.decoder_inject_noise)]
         if not (len(scaling) == len(residual) == len(factors) == len(self.upsample_type) == n):
             raise ValueError(f"per-block decoder settings must have {n} values")
-        blocks, ups = [], []
+        blocks = []
         width = widths[0]
         for i in range(n):
-            cin, width = width // factors[i], widths[i] // factors[i]
-            if cin != width and self.timestep_conditioning:
+            # diffusers sizes a block by its widths divided by the up-sampler's factor.
+            factor = int(factors[i])
+            cin, cout = width // factor, widths[i] // factor
+            if cin != cout and self.timestep_conditioning:
                 raise ValueError("timestep-conditioned blocks that change width are unsupported")
-            blocks.append((cin, width, layers[i + 1]))
+            if cin != cout and factor != 1:
+                raise ValueError("blocks that change width with upsample_factor > 1 unsupported")
             kind = self.upsample_type[i]
             if kind not in UP_TYPES:
                 raise ValueError(f"upsample_type {kind!r} unsupported: expected {list(UP_TYPES)}")
-            ups.append((UP_TYPES[kind], bool(residual[i]), int(factors[i])) if scaling[i] else None)
-        return Layout(
+            up = UpSpec(UP_TYPES[kind], bool(residual[i]), factor) if scaling[i] else None
+            if up is None and factor != 1:
+                raise ValueError("upsample_factor > 1 needs an up-sampler")
+            blocks.append(
+                BlockSpec(
+                    cin=width,
+                    width=cout,
+                    layers=layers[i + 1],
+                    conv_in=cout if cin != cout else None,
+                    up=up,
+                    noise=noise[i + 1],
+                    conv_in_noise=noise[i + 1],
+                    timed=self.timestep_conditioning,
+                )
+            )
+            width = cout
+        mid = BlockSpec(
+            widths[0], widths[0], layers[0], noise=noise[0], timed=self.timestep_conditioning
+        )
+        lay = Layout(
             latent_channels=self.latent_channels,
             out_channels=self.out_channels,
             patch_size=self.patch_size,
-            mid_channels=widths[0],
-            mid_layers=layers[0],
+            mid=mid,
             blocks=tuple(blocks),
-            upsamplers=tuple(ups),
-            inject_noise=tuple(bool(x) for x in _rev(self.decoder_inject_noise)),
             conditioned=self.timestep_conditioning,
             causal=self.decoder_causal,
             padding_mode=self.padding_mode,
             plain_shortcut=self.ltx2,
             eps=self.resnet_norm_eps,
         )
+        lay.check()
+        return lay
 
 
 LTX2_DEFAULTS = LtxConfig(
@@ -202,84 +236,8 @@ LTX2_DEFAULTS = LtxConfig(
 )
 
 
-def build(cfg: LtxConfig) -> LtxDecoder:
-    return LtxDecoder(cfg.layout(), cfg.scaling_factor)
-
-
-# ---- checkpoint naming ------------------------------------------------------------------------
-
-# Original LTX releases (ltxv-*.safetensors, ComfyUI and Lightricks LTX-2 files) number the
-# decoder's mid block, channel-changing blocks, up-samplers and residual groups as one flat
-# `up_blocks.K` list, in forward order (diffusers, loaders/single_file_utils.py). Which diffusers
-# module each K is follows from its keys: `res_blocks.*` is a group, `conv1.*` a lone block,
-# `conv.*` an up-sampler; the first group is the mid block.
-_UNIT = re.compile(r"^decoder\.up_blocks\.(\d+)\.(.*)$")
-_RENAMES = (
-    ("res_blocks.", "resnets."),
-    ("norm3.norm.", "norm3."),
-    ("decoder.last_time_embedder.", "decoder.time_embedder."),
-    ("decoder.last_scale_shift_table", "decoder.scale_shift_table"),
-)
-_STATS = {
-    "per_channel_statistics.mean-of-means": "latents_mean",
-    "per_channel_statistics.std-of-means": "latents_std",
-}
-_KEPT = ("decoder.", "latents_mean", "latents_std")
-_SHORTCUT = re.compile(r"\.conv_shortcut\.(weight|bias)$")
-
-
-def _unit_prefixes(keys: list[str]) -> dict[int, str]:
-    units: dict[int, set[str]] = {}
-    for key in keys:
-        if m := _UNIT.match(key):
-            units.setdefault(int(m[1]), set()).add(m[2].split(".")[0])
-    out: dict[int, str] = {}
-    block, seen_mid = 0, False
-    for k in sorted(units):
-        kinds = units[k]
-        if "res_blocks" in kinds:
-            out[k] = f"decoder.up_blocks.{block}." if seen_mid else "decoder.mid_block."
-            block, seen_mid = (block + 1 if seen_mid else block), True
-        elif "conv1" in kinds:
-            out[k] = f"decoder.up_blocks.{block}.conv_in."
-        else:
-            out[k] = f"decoder.up_blocks.{block}.upsamplers.0."
-    return out
-
-
-def make_rename(ltx2: bool) -> Callable[[Iterable[str]], dict[str, str]]:
-    def rename_keys(keys: Iterable[str]) -> dict[str, str]:
-        """Map checkpoint keys (diffusers or original LTX naming) to decoder keys; encoder and
-        unused statistics are left out."""
-        keys = list(keys)
-        original = any(k.startswith("per_channel_statistics.") or ".res_blocks." in k for k in keys)
-        units = _unit_prefixes(keys) if original else {}
-        out = {}
-        for key in keys:
-            new = _STATS.get(key, key)
-            if original and (m := _UNIT.match(new)):
-                new = units[int(m[1])] + m[2]
-            if original:
-                for old, rep in _RENAMES:
-                    new = new.replace(old, rep)
-                if not ltx2:  # 0.9.x wraps its 1x1x1 shortcut conv; LTX-2 keeps it plain
-                    new = _SHORTCUT.sub(r".conv_shortcut.conv.\1", new)
-            if new.startswith(_KEPT):
-                out[key] = new
-        return out
-
-    return rename_keys
-
-
-def detect(keys: Collection[str]) -> bool:
-    """Whether `keys` hold an LTX-Video or LTX-2 video VAE (diffusers or original naming).
-
-    The two generations share key names and, for 0.9.5+ and LTX-2, shapes; they differ in
-    padding and causality, which the weights do not show, so --model (or config.json) decides.
-    """
-    return "decoder.conv_in.conv.weight" in keys and (
-        "latents_mean" in keys or "per_channel_statistics.mean-of-means" in keys
-    )
+def build(cfg: LtxConfig | OriginalConfig) -> LtxDecoder:
+    return LtxDecoder(cfg.layout(), cfg.scaling_factor, model_space_noise=cfg.model_space_noise)
 
 
 # ---- normalisation and conditioning hooks -----------------------------------------------------
@@ -293,35 +251,32 @@ def normalization(module: nn.Module) -> Normalization:
     return Normalization(mean=mean, std=std, scaling_factor=module.scaling_factor)
 
 
-def make_condition(model_space_noise: bool) -> Callable[..., Conditioning | None]:
-    def condition(
-        module: nn.Module, settings: TimestepSettings, batch: int, shape: tuple[int, ...]
-    ) -> Conditioning | None:
-        """The decoder bound to `settings`, and the pipeline's noise mix `(1 - s) z + s noise`
-        over latents of `shape`, with noise seeded per batch element (`seed + batch`); None
-        without timestep conditioning."""
-        assert isinstance(module, LtxDecoder)
-        if not module.layout.conditioned:
-            return None
-        s = settings.noise_scale
-        g = torch.Generator().manual_seed(settings.seed + batch)
-        noise = torch.randn(shape, generator=g) if s else None  # the latents' size: small
-        mean, std = module.stats()
-        scale = module.scaling_factor
+def condition(
+    module: nn.Module, settings: TimestepSettings, batch: int, shape: tuple[int, ...]
+) -> Conditioning | None:
+    """The decoder bound to `settings`, and the pipeline's noise mix `(1 - s) z + s noise`
+    over latents of `shape`, with noise seeded per batch element (`seed + batch`); None
+    without timestep conditioning."""
+    assert isinstance(module, LtxDecoder)
+    if not module.layout.conditioned:
+        return None
+    s = settings.noise_scale
+    g = torch.Generator().manual_seed(settings.seed + batch)
+    noise = torch.randn(shape, generator=g) if s else None  # the latents' size: small
+    mean, std = module.stats()
+    scale = module.scaling_factor
 
-        def mix(z: Tensor, start: int, stop: int) -> Tensor:
-            if noise is None:
-                return z
-            n = noise[:, :, start:stop].to(z.device)
-            if model_space_noise:  # LTX-2 mixes before de-normalising (pipeline_ltx2.py)
-                m, d = mean.to(z.device), std.to(z.device)
-                zm = (z - m) * scale / d
-                return ((1 - s) * zm + s * n) * d / scale + m
-            return (1 - s) * z + s * n
+    def mix(z: Tensor, start: int, stop: int) -> Tensor:
+        if noise is None:
+            return z
+        n = noise[:, :, start:stop].to(z.device)
+        if module.model_space_noise:  # LTX-2 and original LTX-Video files (LtxDecoder)
+            m, d = mean.to(z.device), std.to(z.device)
+            zm = (z - m) * scale / d
+            return ((1 - s) * zm + s * n) * d / scale + m
+        return (1 - s) * z + s * n
 
-        return Conditioned(module, settings.timestep, settings.seed + batch), mix
-
-    return condition
+    return Conditioned(module, settings.timestep, settings.seed + batch), mix
 
 
 FAMILY = Family(
@@ -333,5 +288,8 @@ FAMILY = Family(
     rename_keys=make_rename(ltx2=False),
     detect=detect,
     normalization=normalization,
-    condition=make_condition(model_space_noise=False),
+    condition=condition,
+    config_from_metadata=config_from_metadata,
+    rename_for_config=rename_for_config,
+    config_notes=config_notes,
 )

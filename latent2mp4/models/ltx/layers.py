@@ -11,26 +11,19 @@ scale/shift tables. Attribute names equal diffusers' key paths.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latent2mp4.engine import Chunk
-
-PaddingMode = Literal["zeros", "reflect"]
+# nn.Conv3d's spatial padding modes, all of which the original LTX-Video code accepts.
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 RMS_EPS = 1e-8
 TIME_PROJ_DIM = 256  # sinusoidal width before the time embedder's MLP
 MAX_PERIOD = 10000
-# diffusers' framewise decoding (autoencoder_kl_ltx.py `_temporal_tiled_decode`): tiles of 16
-# sample frames every 8, i.e. 16 // 8 = 2 latents (+1 overlap) every 8 // 8 = 1 latent.
-TILE_LATENTS = 2
-TILE_LATENT_STRIDE = 1
-TILE_SAMPLE_STRIDE = 8
-BLEND_FRAMES = 16 - TILE_SAMPLE_STRIDE
-TILE_SEED_STRIDE = 0x9E3779B1  # 2^32 / golden ratio: tile seeds stay far from any seed + b
 
 
 def rms_norm(x: Tensor, out: Tensor | None = None) -> Tensor:
@@ -236,11 +229,51 @@ class Upsampler(nn.Module):
         return y
 
 
+@dataclass(frozen=True)
+class UpSpec:
+    """A depth-to-space up-sampler: its stride (t, h, w), whether it adds its input back
+    (residual) and the factor its conv divides the channels by."""
+
+    stride: tuple[int, int, int]
+    residual: bool = False
+    factor: int = 1
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One block of the stack, from the input side: `cin` channels in, an optional lone
+    residual block to `conv_in` channels, an optional up-sampler (its factor divides the
+    channels), then `layers` residual blocks of `width` channels."""
+
+    cin: int
+    width: int
+    layers: int
+    conv_in: int | None = None
+    up: UpSpec | None = None
+    noise: bool = False  # the residual blocks inject spatial noise
+    conv_in_noise: bool = False
+    timed: bool = False  # the residual blocks are timestep conditioned (a time embedder)
+
+    def check(self) -> None:
+        c = self.conv_in if self.conv_in is not None else self.cin
+        if self.up is not None:
+            if c % self.up.factor:
+                raise ValueError(f"{c} channels do not divide by upsample factor {self.up.factor}")
+            c //= self.up.factor
+        if c != self.width:
+            raise ValueError(f"a block's layers get {c} channels, not {self.width}")
+
+
+Make = Callable[[int, int, bool, bool], "ResnetBlock"]  # (cin, cout, noise, conditioned)
+
+
 class MidBlock(nn.Module):
-    def __init__(self, channels: int, n: int, make: Any, conditioned: bool) -> None:
+    def __init__(self, spec: BlockSpec, make: Make) -> None:
         super().__init__()
-        self.time_embedder = TimeEmbedder(channels * 4) if conditioned else None
-        self.resnets = nn.ModuleList([make(channels, channels) for _ in range(n)])
+        self.time_embedder = TimeEmbedder(spec.width * 4) if spec.timed else None
+        self.resnets = nn.ModuleList(
+            [make(spec.width, spec.width, spec.noise, spec.timed) for _ in range(spec.layers)]
+        )
 
     def forward(self, x: Tensor, run: Run) -> Tensor:
         emb = None
@@ -253,14 +286,24 @@ class MidBlock(nn.Module):
 
 
 class UpBlock(nn.Module):
-    def __init__(
-        self, cin: int, cout: int, n: int, make: Any, conditioned: bool, up: Upsampler | None
-    ) -> None:
+    def __init__(self, spec: BlockSpec, make: Make, mode: PaddingMode) -> None:
         super().__init__()
-        self.time_embedder = TimeEmbedder(cin * 4) if conditioned else None
-        self.conv_in = make(cin, cout) if cin != cout else None
-        self.upsamplers = nn.ModuleList([up] if up is not None else [])
-        self.resnets = nn.ModuleList([make(cout, cout) for _ in range(n)])
+        # The resnets' width: diffusers sizes it from its in_channels, equal to it whenever
+        # the block is conditioned.
+        self.time_embedder = TimeEmbedder(spec.width * 4) if spec.timed else None
+        self.conv_in = (
+            make(spec.cin, spec.conv_in, spec.conv_in_noise, False)
+            if spec.conv_in is not None
+            else None
+        )
+        ups = []
+        if spec.up is not None:
+            c = spec.conv_in if spec.conv_in is not None else spec.cin
+            ups.append(Upsampler(c, spec.up.stride, spec.up.residual, spec.up.factor, mode))
+        self.upsamplers = nn.ModuleList(ups)
+        self.resnets = nn.ModuleList(
+            [make(spec.width, spec.width, spec.noise, spec.timed) for _ in range(spec.layers)]
+        )
 
     def forward(self, x: Tensor, run: Run) -> Tensor:
         if self.conv_in is not None:
@@ -273,177 +316,4 @@ class UpBlock(nn.Module):
             x = up(x, run.causal)
         for block in self.resnets:
             x = block(x, run, emb)
-        return x
-
-
-@dataclass(frozen=True)
-class Layout:
-    """The decoder as data: widths and layers from the input side, per up block."""
-
-    latent_channels: int
-    out_channels: int
-    patch_size: int
-    mid_channels: int
-    mid_layers: int
-    blocks: tuple[tuple[int, int, int], ...]  # (in, out, layers) per up block
-    upsamplers: tuple[
-        tuple[tuple[int, int, int], bool, int] | None, ...
-    ]  # (stride, residual, factor)
-    inject_noise: tuple[bool, ...]  # mid block first, then each up block
-    conditioned: bool
-    causal: bool
-    padding_mode: PaddingMode
-    plain_shortcut: bool
-    eps: float = 1e-6
-
-
-class Decoder3d(nn.Module):
-    def __init__(self, lay: Layout) -> None:
-        super().__init__()
-        mode = lay.padding_mode
-
-        def maker(noise: bool) -> Any:
-            def make(cin: int, cout: int) -> ResnetBlock:
-                return ResnetBlock(
-                    cin, cout, lay.eps, mode, noise, lay.conditioned, lay.plain_shortcut
-                )
-
-            return make
-
-        width = lay.mid_channels
-        self.conv_in = CausalConv3d(lay.latent_channels, width, 3, mode)
-        self.mid_block = MidBlock(
-            width, lay.mid_layers, maker(lay.inject_noise[0]), lay.conditioned
-        )
-        ups = []
-        for i, ((cin, cout, n), spec) in enumerate(zip(lay.blocks, lay.upsamplers, strict=True)):
-            up = Upsampler(cout * spec[2], *spec, mode) if spec else None
-            ups.append(UpBlock(cin, cout, n, maker(lay.inject_noise[i + 1]), lay.conditioned, up))
-        self.up_blocks = nn.ModuleList(ups)
-        last = lay.blocks[-1][1]
-        self.conv_out = CausalConv3d(last, lay.out_channels * lay.patch_size**2, 3, mode)
-        self.patch_size = lay.patch_size
-        self.time_embedder = TimeEmbedder(last * 2) if lay.conditioned else None
-        self.scale_shift_table = nn.Parameter(torch.zeros(2, last)) if lay.conditioned else None
-        self.timestep_scale_multiplier = (
-            nn.Parameter(torch.tensor(1000.0)) if lay.conditioned else None
-        )
-
-    def forward(self, z: Tensor, run: Run) -> Tensor:
-        x = self.conv_in(z, run.causal)
-        if self.timestep_scale_multiplier is not None:
-            assert run.temb is not None
-            run = Run(run.causal, run.temb * self.timestep_scale_multiplier, run.generator)
-        x = self.mid_block(x, run)
-        for block in self.up_blocks:
-            x = block(x, run)
-        buf, y = self.conv_out.room(x, run.causal)
-        rms_norm(x, out=y)
-        if self.time_embedder is not None and self.scale_shift_table is not None:
-            assert run.temb is not None
-            shift, scale = _scale_shift(
-                self.scale_shift_table, self.time_embedder(run.temb, x.dtype), 2
-            )
-            y.mul_(1 + scale).add_(shift)
-        F.silu(y, inplace=True)
-        x = self.conv_out.padded(buf, run.causal)
-        # Un-patchify: channels (C, p_w, p_h) → pixels; diffusers pairs the second patch axis
-        # with height (autoencoder_kl_ltx.py, LTXVideoDecoder3d.forward).
-        b, _, f, h, w = x.shape
-        p = self.patch_size
-        x = x.reshape(b, -1, p, p, f, h, w).permute(0, 1, 4, 5, 3, 6, 2)
-        return x.reshape(b, -1, f, h * p, w * p)
-
-
-@dataclass
-class LtxState:
-    """Per-tile run settings: the decode timestep and the noise generator (made on first use,
-    on the device of the latents)."""
-
-    timestep: float = 0.0
-    seed: int = 0
-    generator: torch.Generator | None = field(default=None, repr=False)
-
-
-class LtxDecoder(nn.Module):
-    """LTX-Video / LTX-2 VAE decoder (`decoder` + latent statistics) as an engine StreamDecoder.
-
-    Latents `(B, 128, T, h, w)` in VAE space decode to `(B, 3, 8(T-1)+1, up*h, up*w)` in about
-    [-1, 1]. The clip is one chunk when memory allows (exactly `vae.decode`), else diffusers'
-    framewise tiles of 3 latents every latent, cross-faded over 8 frames.
-    """
-
-    def __init__(self, lay: Layout, scaling_factor: float = 1.0) -> None:
-        super().__init__()
-        self.layout = lay
-        self.scaling_factor = scaling_factor
-        self.decoder = Decoder3d(lay)
-        self.register_buffer("latents_mean", torch.zeros(lay.latent_channels))
-        self.register_buffer("latents_std", torch.ones(lay.latent_channels))
-
-    @property
-    def upscale(self) -> int:
-        spatial = sum(1 for u in self.layout.upsamplers if u is not None and u[0][1] == 2)
-        return int(self.layout.patch_size * 2**spatial)
-
-    def time_chunks(self, num_frames: int, max_frames: int = 1) -> list[Chunk]:
-        """The whole clip when `max_frames` (what memory allows) holds it, else diffusers'
-        framewise tiles; a tile of one latent decodes to a frame the reference drops."""
-        if num_frames <= max(max_frames, TILE_LATENTS):
-            return [Chunk(0, num_frames)]
-        chunks = [Chunk(0, TILE_LATENTS + 1, emit=TILE_SAMPLE_STRIDE + 1)]
-        for start in range(TILE_LATENT_STRIDE, num_frames - 1, TILE_LATENT_STRIDE):
-            stop = min(start + TILE_LATENTS + 1, num_frames)
-            chunks.append(Chunk(start, stop, trim=1, blend=BLEND_FRAMES, emit=TILE_SAMPLE_STRIDE))
-        return chunks
-
-    def new_state(self) -> LtxState:
-        return LtxState()
-
-    def stats(self) -> tuple[Tensor, Tensor]:
-        """The latent mean and std, fp32 on the host, shaped `(1, C, 1, 1, 1)`."""
-        mean, std = self.latents_mean, self.latents_std
-        assert isinstance(mean, Tensor) and isinstance(std, Tensor)
-        return mean.float().cpu().view(1, -1, 1, 1, 1), std.float().cpu().view(1, -1, 1, 1, 1)
-
-    def decode_chunk(self, z: Tensor, state: object = None) -> Tensor:
-        """Latents `(B, 128, t, h, w)` → `(B, 3, 8(t-1)+1, up*h, up*w)`."""
-        st = state if isinstance(state, LtxState) else LtxState()
-        if st.generator is None and any(self.layout.inject_noise):
-            st.generator = torch.Generator(device=z.device).manual_seed(st.seed)
-        temb = None
-        if self.layout.conditioned:
-            temb = torch.full((z.shape[0],), st.timestep, device=z.device, dtype=z.dtype)
-        return self.decoder(z, Run(self.layout.causal, temb, st.generator))
-
-    def finalize(self, x: Tensor) -> Tensor:
-        return x
-
-
-class Conditioned:
-    """A decoder bound to one decode timestep and noise seed (a StreamDecoder)."""
-
-    def __init__(self, decoder: LtxDecoder, timestep: float, seed: int) -> None:
-        self.decoder, self.timestep, self.seed = decoder, timestep, seed
-        self._tiles = 0
-
-    @property
-    def upscale(self) -> int:
-        return self.decoder.upscale
-
-    def time_chunks(self, num_frames: int, max_frames: int = 1) -> list[Chunk]:
-        return self.decoder.time_chunks(num_frames, max_frames)
-
-    def new_state(self) -> LtxState:
-        """The engine asks once per spatial tile: each tile gets a seed of its own, since one
-        seed for all would paste the same injected noise into every tile (the first tile keeps
-        `seed`, so an untiled decode is unchanged). The stride is odd and large because CPU
-        generators keep only a seed's low 32 bits, and batch element b already uses seed + b."""
-        tile, self._tiles = self._tiles, self._tiles + 1
-        return LtxState(self.timestep, self.seed + tile * TILE_SEED_STRIDE)
-
-    def decode_chunk(self, z: Tensor, state: object) -> Tensor:
-        return self.decoder.decode_chunk(z, state)
-
-    def finalize(self, x: Tensor) -> Tensor:
         return x

@@ -1,6 +1,6 @@
 """LTX-2 video VAE decoder, weight-compatible with diffusers' `AutoencoderKLLTX2Video`.
 
-The LTX-Video stack (see ltx.py and ltx_layers.py) with LTX-2's settings: reflect spatial
+The LTX-Video stack (see ltx/decoder.py and ltx/stack.py) with LTX-2's settings: reflect spatial
 padding, plain 1x1x1 shortcut convs and per-block up-sampler kinds (`upsample_type`); causal in
 time only where config.json says so (the diffusers class default; the released LTX-2.0 decoder
 is non-causal). The audio VAE of LTX-2 is a separate model.
@@ -15,8 +15,8 @@ from latent2mp4.models.family import Family, Shapes
 from latent2mp4.models.ltx.decoder import (
     LtxConfig,
     build,
+    condition,
     detect,
-    make_condition,
     make_rename,
     normalization,
 )
@@ -41,5 +41,5 @@ FAMILY = Family(
     detect=detect,
     normalization=normalization,
     # LTX-2 mixes decode noise in model space, before de-normalising (pipeline_ltx2.py).
-    condition=make_condition(model_space_noise=True),
+    condition=condition,
 )
