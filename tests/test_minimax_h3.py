@@ -255,8 +255,10 @@ def test_bad_inputs_are_one_line_errors(tiny, tmp_path: Path, cli) -> None:
     assert not (tmp_path / "o.mp4").exists()
     state = load_file(folder / "diffusion_pytorch_model.safetensors")
     state.pop("decoder.transformer_blocks.1.attn.to_v.weight")
-    save_file(state, str(tmp_path / "partial.safetensors"))
+    (tmp_path / "partial").mkdir()
+    save_file(state, str(tmp_path / "partial" / "diffusion_pytorch_model.safetensors"))
+    (tmp_path / "partial" / "config.json").write_bytes((folder / "config.json").read_bytes())
     save_file({"latents": latents((1, C, 7, 4, 4))}, str(tmp_path / "z.safetensors"))
     run = cli("decode", tmp_path / "z.safetensors", *preset_args(folder), "--vae",
-              tmp_path / "partial.safetensors", "-o", tmp_path / "o.mp4")  # fmt: skip
+              tmp_path / "partial", "-o", tmp_path / "o.mp4")  # fmt: skip
     assert_one_line_error(run, 1, "lacks 1 decoder weights", "to_v.weight")
