@@ -125,8 +125,14 @@ FAMILIES = {
     "ltx2": Family("ltx2", "AutoencoderKLLTX2Video", (5, 16, 16), ("tiny_ltx", "ltx2"), (3, 2, 3),
                    dict(spatial_compression_ratio=32, temporal_compression_ratio=8),
                    options=dict(latent_space="model")),
+    # MiniMax-H3's ViT decoder at the released width (36 blocks, 32 heads x 64 = 2048, constructor
+    # defaults): one clip (7 latents → 22 frames) of one 256-px tile (16×16 latents), tiled as
+    # released. scale: 37/72/107 latents → 124/243/362 frames, 5.2/10.1/15.1 s at 24 fps.
+    "minimax-h3": Family("minimax-h3", "AutoencoderKLMiniMaxH3", (7, 16, 16),
+                         ("tiny_minimax_h3", "tiny"), (7, 4, 4), scale_frames=(37, 72, 107)),
 }
 # fmt: on
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # H3's pixel space (mean, std)
 
 
 # ---- setup (parent) ---------------------------------------------------------------------------
@@ -153,8 +159,8 @@ def make_vae(name: str, quick: bool, workdir: Path) -> Path:
         from latent2mp4 import load_preset
 
         config = dict(fam.config)
-        if name == "wan2.2":  # the released config's 48-value normalisation
-            norm = load_preset("wan2.2").normalization
+        if name in ("wan2.2", "minimax-h3"):  # the release's per-channel normalisation
+            norm = load_preset(fam.preset).normalization
             config.update(latents_mean=list(norm.mean), latents_std=list(norm.std))
         torch.manual_seed(0)
         getattr(diffusers, fam.cls)(**config).eval().save_pretrained(partial)
@@ -259,17 +265,33 @@ def child(a: argparse.Namespace) -> None:
 
         fps = load_preset(fam.preset).fps
         start = time.perf_counter()
-        vae = getattr(diffusers, fam.cls).from_pretrained(a.vae, torch_dtype=dtype).eval()
+        cls = getattr(diffusers, fam.cls)
+        if cls._keep_in_fp32_modules:
+            # from_pretrained refuses classes with fp32-pinned modules unless accelerate is
+            # installed: config + state dict, then the same mixed precision by hand (all but the
+            # pinned modules cast).
+            vae = cls.from_config(cls.load_config(a.vae)).eval()
+            state = {}
+            for f in sorted(Path(a.vae).glob("*.safetensors")):
+                state.update(load_file(f))
+            vae.load_state_dict(state)
+            del state
+            pinned = set(cls._keep_in_fp32_modules)
+            for pname, param in vae.named_parameters():
+                if not pinned & set(pname.split(".")):
+                    param.data = param.data.to(dtype)
+        else:
+            vae = cls.from_pretrained(a.vae, torch_dtype=dtype).eval()
         vae = vae.to(a.device)
         z, cfg = load_file(a.latents)["latents"].to(a.device, dtype), vae.config
         if fam.cls == "AutoencoderKLWan":  # WanPipeline
             mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1).to(z)
             inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1).to(z)
             z = z / inv_std + mean
-        elif fam.cls == "AutoencoderKLMochi":  # MochiPipeline
+        elif fam.cls in ("AutoencoderKLMochi", "AutoencoderKLMiniMaxH3"):  # Mochi, H3 decode step
             mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1).to(z)
             std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1).to(z)
-            z = z * std / cfg.scaling_factor + mean
+            z = z * std / getattr(cfg, "scaling_factor", 1.0) + mean
         elif fam.cls == "AutoencoderKLCogVideoX":  # CogVideoXPipeline.decode_latents
             z = 1 / cfg.scaling_factor * z.permute(0, 2, 1, 3, 4)
         elif fam.cls.startswith("AutoencoderKLLTX"):  # LTXPipeline / LTX2Pipeline
@@ -283,7 +305,12 @@ def child(a: argparse.Namespace) -> None:
             temb = torch.full((z.shape[0],), fam.options["decode_timestep"]).to(z)
         with torch.no_grad():
             video = vae.decode(z, temb).sample if temb is not None else vae.decode(z).sample
-        video = VideoProcessor(vae_scale_factor=8).postprocess_video(video, output_type="np")[0]
+        processor = VideoProcessor(vae_scale_factor=8)
+        if fam.cls == "AutoencoderKLMiniMaxH3":  # MiniMaxH3VideoDecodeStep: ImageNet → [0, 1]
+            mean, std = (torch.tensor(v, device=a.device).view(1, -1, 1, 1, 1) for v in IMAGENET)
+            video = (video.float() * std + mean).clamp(0, 1)
+            processor = VideoProcessor(vae_scale_factor=16, do_normalize=False)
+        video = processor.postprocess_video(video, output_type="np")[0]
         export_to_video(video, str(a.out), fps=fps)
         wall = time.perf_counter() - start
         rss = peak_rss_mib()

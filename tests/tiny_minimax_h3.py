@@ -37,10 +37,10 @@ def make_tiny_h3(path: Path, seed: int = 0, **overrides: Any) -> Any:
 
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    c = TINY["latent_channels"]
+    arch = {**TINY, **overrides}
+    c = arch["latent_channels"]
     mean = (torch.randn(c, generator=g) * 0.5).tolist()
     std = (torch.rand(c, generator=g) + 0.5).tolist()
-    arch = {**TINY, **overrides}
     vae = AutoencoderKLMiniMaxH3(**arch, latents_mean=mean, latents_std=std).eval()
     with torch.no_grad():  # zeros at init (layer scales, registers) would hide whole branches
         for name, p in vae.named_parameters():
@@ -112,3 +112,8 @@ def write_original(vae: Any, root: Path) -> Path:
         "vae_tile_size": 256, "vae_tile_overlap_min": 64, "vae_decoder_tiling": 1,
     }))  # fmt: skip
     return root
+
+
+def make_tiny_minimax_h3(path: Path, variant: str = "tiny") -> Any:
+    """`scripts/bench.py --quick`'s builder: the tiny widths with the preset's 24 channels."""
+    return make_tiny_h3(path, latent_channels=24)
