@@ -120,9 +120,14 @@ class TileGrid:
 
     def origins(self, h: int, w: int) -> list[list[tuple[int, int]]]:
         if self.cover:
-            rows, cols = (covering(n, s, s - st) for n, s, st in zip((h, w), self.size, self.stride))
+            rows, cols = self.spans(h, w)
             return [[(i, j) for j, _ in cols] for i, _ in rows]
         return [[(i, j) for j in range(0, w, self.stride[1])] for i in range(0, h, self.stride[0])]
+
+    def spans(self, h: int, w: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """Covering tiles' `(start, overlap with the previous)` down and across."""
+        rows = covering(h, self.size[0], self.size[0] - self.stride[0])
+        return rows, covering(w, self.size[1], self.size[1] - self.stride[1])
 
 
 def covering(length: int, size: int, min_overlap: int) -> list[tuple[int, int]]:
@@ -162,7 +167,7 @@ def _decode_covered(
     decoder: StreamDecoder, z: Tensor, grid: TileGrid, states: list[object], up: int
 ) -> Tensor:
     h, w = z.shape[-2:]
-    rows, cols = (covering(n, s, s - st) for n, s, st in zip((h, w), grid.size, grid.stride))
+    rows, cols = grid.spans(h, w)
     tiles: list[list[Tensor]] = []
     k = 0
     for i, _ in rows:

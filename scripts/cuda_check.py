@@ -36,6 +36,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from tiny_minimax_h3 import make_tiny_h3  # noqa: E402
+
 from latent2mp4 import DecodeOptions, decode_file, load_preset, save_latents  # noqa: E402
 from latent2mp4.audio import load_audio  # noqa: E402
 from latent2mp4.engine import TileGrid, decode_stream  # noqa: E402
@@ -48,7 +50,6 @@ from tiny_hunyuan import make_tiny_hunyuan  # noqa: E402
 from tiny_hunyuan15 import make_tiny_hunyuan15  # noqa: E402
 from tiny_ltx import make_tiny_ltx  # noqa: E402
 from tiny_ltx2_audio import make_tiny_audio_vae, make_tiny_vocoder  # noqa: E402
-from tiny_minimax_h3 import make_tiny_h3  # noqa: E402
 from tiny_mochi import make_tiny_mochi  # noqa: E402
 from tiny_wan import make_tiny_wan  # noqa: E402
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
+from tiny_minimax_h3 import TINY, make_tiny_h3, to_original, write_original
 
 from latent2mp4.clips import ClipPlan
 from latent2mp4.engine import TileGrid, covering, decode_stream
@@ -22,7 +23,6 @@ from latent2mp4.video import read_video
 from latent2mp4.weights import load_vae, resolve_vae
 
 from conftest import assert_one_line_error, latents
-from tiny_minimax_h3 import TINY, make_tiny_h3, to_original, write_original
 
 PARITY = 1e-4
 C = TINY["latent_channels"]
@@ -153,7 +153,6 @@ def test_every_weights_layout_decodes_the_same(tiny, tmp_path: Path) -> None:
     vae, folder = tiny
     z = latents((1, C, 7, 20, 18), seed=4)
     reference = ours(load(folder).decoder, z)
-    state = load_file(folder / "diffusion_pytorch_model.safetensors")
     # a pipeline folder: the video VAE under vae/ (its audio VAE would sit in audio_vae/)
     pipe = tmp_path / "pipe"
     (pipe / "vae").mkdir(parents=True)
@@ -180,7 +179,10 @@ def test_comfyui_single_file(tmp_path: Path) -> None:
     those, against the same fp16 weights in diffusers' naming."""
     vae = make_tiny_h3(tmp_path / "vae", seed=3, decoder_num_attention_heads=2,
                        decoder_attention_head_dim=64)  # fmt: skip
-    state = {k: v.half() for k, v in load_file(tmp_path / "vae" / "diffusion_pytorch_model.safetensors").items()}
+    state = {
+        k: v.half()
+        for k, v in load_file(tmp_path / "vae" / "diffusion_pytorch_model.safetensors").items()
+    }
     save_file(state, str(tmp_path / "diffusers_fp16.safetensors"))
     comfy = tmp_path / "minimax_h3_video_vae_fp16.safetensors"
     save_file({f"vae.{k}": v for k, v in to_original(state, 2).items()}, str(comfy))
@@ -217,8 +219,8 @@ def test_cli_no_tile_says_it_changes_the_picture(tiny, main_case, tmp_path: Path
     zm, _ = main_case
     save_latents(tmp_path / "z.safetensors", zm[:1])
     run = cli(
-        "decode", tmp_path / "z.safetensors", *preset_args(folder), "--vae", folder, "--lossless", "--no-tile",
-        "-o", tmp_path / "o.mkv",
+        "decode", tmp_path / "z.safetensors", *preset_args(folder), "--vae", folder,
+        "--lossless", "--no-tile", "-o", tmp_path / "o.mkv",
     )  # fmt: skip
     assert run.exit_code == 0, run.output
     assert "--no-tile changes the picture" in run.output

@@ -76,7 +76,9 @@ def to_original(state: dict[str, torch.Tensor], heads: int) -> dict[str, torch.T
             up, gate = t.chunk(2, dim=0)
             new, t = new.replace(".ff.net.0.proj.", ".ff.w1."), torch.cat([gate, up]).contiguous()
         new = re.sub(r"^encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block.", new)
-        new = re.sub(r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", new)
+        new = re.sub(
+            r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", new
+        )
         new = new.replace("conv_shortcut.", "nin_shortcut.")
         out[new] = t
     dim = state["decoder.proj_in.weight"].shape[0]
@@ -85,7 +87,7 @@ def to_original(state: dict[str, torch.Tensor], heads: int) -> dict[str, torch.T
 
 
 def write_original(vae: Any, root: Path) -> Path:
-    """The release layout: `root/video_vae/{config.json, source/{config.json, model.safetensors}}`."""
+    """The release: `root/video_vae/{config.json, source/{config.json, model.safetensors}}`."""
     cfg = vae.config
     source = root / "video_vae" / "source"
     source.mkdir(parents=True)

@@ -53,7 +53,9 @@ class H3Config:
         vit = VitConfig(
             latent_channels=int(d.get("latent_channels", 24)),
             out_channels=int(d.get("out_channels", 3)),
-            patch=math.prod(int(f) for f in d.get("spatial_downsample_factors", (2, 2, 2, 2, 1, 1))),
+            patch=math.prod(
+                int(f) for f in d.get("spatial_downsample_factors", (2, 2, 2, 2, 1, 1))
+            ),
             patch_t=math.prod(
                 int(f) for f in d.get("temporal_downsample_factors", (1, 2, 2, 1, 1, 1))
             ),
@@ -90,9 +92,7 @@ class H3Config:
             eps=float(kw.get("eps", 1e-5)),
             original_layout=True,
         )
-        return cls._checked(
-            vit, int(d.get("vae_clip_length", 17)), int(d.get("vae_token_drop", 3))
-        )
+        return cls._checked(vit, int(d.get("vae_clip_length", 17)), int(d.get("vae_token_drop", 3)))
 
     @classmethod
     def from_shapes(cls, shapes: Shapes) -> H3Config:
@@ -185,9 +185,7 @@ class H3Decoder(nn.Module):
         short = plan.clip_latents - z.shape[2]
         if short > 0:  # the last clip: repeat the last latent (its frames are trimmed later)
             z = torch.cat([z, z[:, :, -1:].expand(-1, -1, short, -1, -1)], dim=2)
-        w = self.post_quant_conv.weight.flatten(1)
-        z = torch.einsum("oc,bcthw->bothw", w, z) + self.post_quant_conv.bias.view(1, -1, 1, 1, 1)
-        x = self.decoder(z)
+        x = self.decoder(self.post_quant_conv(z))
         span = plan.chunk * cfg.vit.patch_t
         main = x[:, :, plan.pre_pad : span]
         if plan.token_drop == 0:
@@ -232,9 +230,7 @@ def rename_keys(keys: Iterable[str]) -> dict[str, str]:
 def detect(keys: Collection[str]) -> bool:
     """A ViT decoder with register tokens and layer-scaled blocks, either naming."""
     ks = set(keys)
-    return "decoder.register_tokens" in ks and (
-        "decoder.transformer_blocks.0.scale1" in ks
-    )
+    return "decoder.register_tokens" in ks and ("decoder.transformer_blocks.0.scale1" in ks)
 
 
 def complete(cfg: H3Config, shapes: Shapes) -> H3Config:

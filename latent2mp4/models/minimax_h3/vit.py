@@ -97,7 +97,9 @@ class Attention(nn.Module):
         k = F.rms_norm(k.float(), (self.head_dim,), eps=self.eps).to(x.dtype)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        )
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
 
