@@ -9,6 +9,7 @@
     python scripts/bench.py --device cuda --families wan --frames 21 --size 60,104   # GPU, 480p
     python scripts/bench.py --mode tiny --dtypes fp32 --frames 21 --size 60,104  # full vs tiny
     python scripts/bench.py --mode audio --seconds 5   # LTX-2 sound: what audio adds to a decode
+    python scripts/bench.py --families minimax-h3 --blocks 4   # H3 ViT at 2048 wide, 4 of 36 blocks
 
 Setup, cached in --workdir (default out/bench/): each family's real-size default diffusers VAE
 (`AutoencoderKL*()` defaults; Wan 2.2 with the TI2V-5B arguments) with seeded default-init weights,
@@ -138,10 +139,12 @@ IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # H3's pixel space (m
 # ---- setup (parent) ---------------------------------------------------------------------------
 
 
-def make_vae(name: str, quick: bool, workdir: Path) -> Path:
-    """The family's diffusers folder under `workdir`, built and saved once."""
+def make_vae(name: str, quick: bool, workdir: Path, blocks: int | None = None) -> Path:
+    """The family's diffusers folder under `workdir`, built and saved once; `blocks`: MiniMax-H3
+    at the released width with that many of its 36 ViT blocks."""
     fam = FAMILIES[name]
-    folder = workdir / "models" / (f"{name}-tiny" if quick else name)
+    suffix = "-tiny" if quick else (f"-{blocks}blocks" if blocks else "")
+    folder = workdir / "models" / (name + suffix)
     if (folder / "config.json").is_file():
         return folder
     import torch
@@ -159,6 +162,8 @@ def make_vae(name: str, quick: bool, workdir: Path) -> Path:
         from latent2mp4 import load_preset
 
         config = dict(fam.config)
+        if blocks:
+            config["decoder_num_layers"] = blocks
         if name in ("wan2.2", "minimax-h3"):  # the release's per-channel normalisation
             norm = load_preset(fam.preset).normalization
             config.update(latents_mean=list(norm.mean), latents_std=list(norm.std))
@@ -551,7 +556,7 @@ def speed(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, Any]]
     for name in args.families:
         t, h, w = FAMILIES[name].tiny_size if args.quick else FAMILIES[name].size
         size = (args.frames[0] if args.frames else t, *(args.size or (h, w)))
-        vae = make_vae(name, args.quick, workdir)
+        vae = make_vae(name, args.quick, workdir, args.blocks if name == "minimax-h3" else None)
         latents = make_latents(name, args.quick, size, workdir)
         npy = {(tool, dt): workdir / "frames" / f"{latents.stem}-{tool}-{dt}.npy"
                for tool in TOOLS for dt in DTYPES}  # fmt: skip
@@ -795,6 +800,9 @@ def main() -> None:
                     "default per family, Wan 6,11,21,41)")  # fmt: skip
     ap.add_argument("--size", type=ints, help="latent h,w, e.g. 60,104 (scale default: 16,16)")
     ap.add_argument("--quick", action="store_true", help="tiny test configs and latents")
+    ap.add_argument("--blocks", type=int, help="minimax-h3 speed: released width, N of 36 blocks "
+                    "(each block costs the same, so the ratio holds; 36 take ~15 min a run on "
+                    "2 CPU cores)")  # fmt: skip
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N], for both tools")
     args = ap.parse_args()
     is_speed = args.mode == "speed"
