@@ -275,7 +275,10 @@ def child(a: argparse.Namespace) -> None:
             # from_pretrained refuses classes with fp32-pinned modules unless accelerate is
             # installed: config + state dict, then the same mixed precision by hand (all but the
             # pinned modules cast).
-            vae = cls.from_config(cls.load_config(a.vae)).eval()
+            from diffusers.models.modeling_utils import no_init_weights
+
+            with no_init_weights():  # as from_pretrained: no random init before the load
+                vae = cls.from_config(cls.load_config(a.vae)).eval()
             state = {}
             for f in sorted(Path(a.vae).glob("*.safetensors")):
                 state.update(load_file(f))
