@@ -9,6 +9,7 @@
     python scripts/bench.py --device cuda --families wan --frames 21 --size 60,104   # GPU, 480p
     python scripts/bench.py --mode tiny --dtypes fp32 --frames 21 --size 60,104  # full vs tiny
     python scripts/bench.py --mode audio --seconds 5   # LTX-2 sound: what audio adds to a decode
+    python scripts/bench.py --families minimax-h3 --blocks 4   # H3 ViT at 2048 wide, 4 of 36 blocks
 
 Setup, cached in --workdir (default out/bench/): each family's real-size default diffusers VAE
 (`AutoencoderKL*()` defaults; Wan 2.2 with the TI2V-5B arguments) with seeded default-init weights,
@@ -125,17 +126,25 @@ FAMILIES = {
     "ltx2": Family("ltx2", "AutoencoderKLLTX2Video", (5, 16, 16), ("tiny_ltx", "ltx2"), (3, 2, 3),
                    dict(spatial_compression_ratio=32, temporal_compression_ratio=8),
                    options=dict(latent_space="model")),
+    # MiniMax-H3's ViT decoder at the released width (36 blocks, 32 heads x 64 = 2048, constructor
+    # defaults): one clip (7 latents → 22 frames) of one 256-px tile (16×16 latents), tiled as
+    # released. scale: 37/72/107 latents → 124/243/362 frames, 5.2/10.1/15.1 s at 24 fps.
+    "minimax-h3": Family("minimax-h3", "AutoencoderKLMiniMaxH3", (7, 16, 16),
+                         ("tiny_minimax_h3", "tiny"), (7, 4, 4), scale_frames=(37, 72, 107)),
 }
 # fmt: on
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # H3's pixel space (mean, std)
 
 
 # ---- setup (parent) ---------------------------------------------------------------------------
 
 
-def make_vae(name: str, quick: bool, workdir: Path) -> Path:
-    """The family's diffusers folder under `workdir`, built and saved once."""
+def make_vae(name: str, quick: bool, workdir: Path, blocks: int | None = None) -> Path:
+    """The family's diffusers folder under `workdir`, built and saved once; `blocks`: MiniMax-H3
+    at the released width with that many of its 36 ViT blocks."""
     fam = FAMILIES[name]
-    folder = workdir / "models" / (f"{name}-tiny" if quick else name)
+    suffix = "-tiny" if quick else (f"-{blocks}blocks" if blocks else "")
+    folder = workdir / "models" / (name + suffix)
     if (folder / "config.json").is_file():
         return folder
     import torch
@@ -153,8 +162,10 @@ def make_vae(name: str, quick: bool, workdir: Path) -> Path:
         from latent2mp4 import load_preset
 
         config = dict(fam.config)
-        if name == "wan2.2":  # the released config's 48-value normalisation
-            norm = load_preset("wan2.2").normalization
+        if blocks:
+            config["decoder_num_layers"] = blocks
+        if name in ("wan2.2", "minimax-h3"):  # the release's per-channel normalisation
+            norm = load_preset(fam.preset).normalization
             config.update(latents_mean=list(norm.mean), latents_std=list(norm.std))
         torch.manual_seed(0)
         getattr(diffusers, fam.cls)(**config).eval().save_pretrained(partial)
@@ -259,17 +270,36 @@ def child(a: argparse.Namespace) -> None:
 
         fps = load_preset(fam.preset).fps
         start = time.perf_counter()
-        vae = getattr(diffusers, fam.cls).from_pretrained(a.vae, torch_dtype=dtype).eval()
+        cls = getattr(diffusers, fam.cls)
+        if cls._keep_in_fp32_modules:
+            # from_pretrained refuses classes with fp32-pinned modules unless accelerate is
+            # installed: config + state dict, then the same mixed precision by hand (all but the
+            # pinned modules cast).
+            from diffusers.models.modeling_utils import no_init_weights
+
+            with no_init_weights():  # as from_pretrained: no random init before the load
+                vae = cls.from_config(cls.load_config(a.vae)).eval()
+            state = {}
+            for f in sorted(Path(a.vae).glob("*.safetensors")):
+                state.update(load_file(f))
+            vae.load_state_dict(state)
+            del state
+            pinned = set(cls._keep_in_fp32_modules)
+            for pname, param in vae.named_parameters():
+                if not pinned & set(pname.split(".")):
+                    param.data = param.data.to(dtype)
+        else:
+            vae = cls.from_pretrained(a.vae, torch_dtype=dtype).eval()
         vae = vae.to(a.device)
         z, cfg = load_file(a.latents)["latents"].to(a.device, dtype), vae.config
         if fam.cls == "AutoencoderKLWan":  # WanPipeline
             mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1).to(z)
             inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1).to(z)
             z = z / inv_std + mean
-        elif fam.cls == "AutoencoderKLMochi":  # MochiPipeline
+        elif fam.cls in ("AutoencoderKLMochi", "AutoencoderKLMiniMaxH3"):  # Mochi, H3 decode step
             mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1).to(z)
             std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1).to(z)
-            z = z * std / cfg.scaling_factor + mean
+            z = z * std / getattr(cfg, "scaling_factor", 1.0) + mean
         elif fam.cls == "AutoencoderKLCogVideoX":  # CogVideoXPipeline.decode_latents
             z = 1 / cfg.scaling_factor * z.permute(0, 2, 1, 3, 4)
         elif fam.cls.startswith("AutoencoderKLLTX"):  # LTXPipeline / LTX2Pipeline
@@ -283,7 +313,12 @@ def child(a: argparse.Namespace) -> None:
             temb = torch.full((z.shape[0],), fam.options["decode_timestep"]).to(z)
         with torch.no_grad():
             video = vae.decode(z, temb).sample if temb is not None else vae.decode(z).sample
-        video = VideoProcessor(vae_scale_factor=8).postprocess_video(video, output_type="np")[0]
+        processor = VideoProcessor(vae_scale_factor=8)
+        if fam.cls == "AutoencoderKLMiniMaxH3":  # MiniMaxH3VideoDecodeStep: ImageNet → [0, 1]
+            mean, std = (torch.tensor(v, device=a.device).view(1, -1, 1, 1, 1) for v in IMAGENET)
+            video = (video.float() * std + mean).clamp(0, 1)
+            processor = VideoProcessor(vae_scale_factor=16, do_normalize=False)
+        video = processor.postprocess_video(video, output_type="np")[0]
         export_to_video(video, str(a.out), fps=fps)
         wall = time.perf_counter() - start
         rss = peak_rss_mib()
@@ -524,7 +559,7 @@ def speed(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, Any]]
     for name in args.families:
         t, h, w = FAMILIES[name].tiny_size if args.quick else FAMILIES[name].size
         size = (args.frames[0] if args.frames else t, *(args.size or (h, w)))
-        vae = make_vae(name, args.quick, workdir)
+        vae = make_vae(name, args.quick, workdir, args.blocks if name == "minimax-h3" else None)
         latents = make_latents(name, args.quick, size, workdir)
         npy = {(tool, dt): workdir / "frames" / f"{latents.stem}-{tool}-{dt}.npy"
                for tool in TOOLS for dt in DTYPES}  # fmt: skip
@@ -768,6 +803,9 @@ def main() -> None:
                     "default per family, Wan 6,11,21,41)")  # fmt: skip
     ap.add_argument("--size", type=ints, help="latent h,w, e.g. 60,104 (scale default: 16,16)")
     ap.add_argument("--quick", action="store_true", help="tiny test configs and latents")
+    ap.add_argument("--blocks", type=int, help="minimax-h3 speed: released width, N of 36 blocks "
+                    "(each block costs the same, so the ratio holds; 36 take ~15 min a run on "
+                    "2 CPU cores)")  # fmt: skip
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N], for both tools")
     args = ap.parse_args()
     is_speed = args.mode == "speed"

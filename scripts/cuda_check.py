@@ -14,6 +14,9 @@ For every family (the tests' tiny random configs, saved with `save_pretrained`):
 - Mochi in Genmo's own naming against Genmo's decode (tests/data/mochi_genmo): max abs.
 Tiny (taehv) decoders, base and Super, random weights at the released widths: fp32 on CUDA against
 fp32 on the CPU (LSB), fp16 on CUDA against that (PSNR), and `decode_file(--decoder tiny)` on CUDA.
+MiniMax-H3 (tiny ViT, 24 channels): fp32 on CUDA against diffusers on CUDA (+ the pipeline's
+ImageNet pixel step), in the release's covering tiles and untiled, two clips; `decode_file` on CUDA
+lossless against the pipeline's frames; bf16 on CUDA against our fp32 (PSNR).
 Sound (LTX-2 audio VAE + vocoder, and the bandwidth-extension vocoder): our waveform on CUDA
 against diffusers' chain on CUDA, max abs.
 Prints one line per check and exits 1 if any exceeds its bound.
@@ -33,6 +36,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+
+from tiny_minimax_h3 import make_tiny_h3  # noqa: E402
 
 from latent2mp4 import DecodeOptions, decode_file, load_preset, save_latents  # noqa: E402
 from latent2mp4.audio import load_audio  # noqa: E402
@@ -202,6 +207,7 @@ def main() -> int:
             report(f"{model} bf16 cuda vs our fp32 PSNR", p, p >= 30, " dB")
     tiny_checks(report)
     genmo_check(report)
+    h3_checks(report)
     for bwe in (False, True):
         with tempfile.TemporaryDirectory() as tmp:
             vae = make_tiny_audio_vae(Path(tmp) / "a").to(CUDA)
@@ -251,6 +257,47 @@ def genmo_check(report: Callable[..., None]) -> None:
         diff = (got - golden["video"]).abs().max().item()
         report(f"mochi Genmo file cuda, {frames} latent frame(s) per call, vs Genmo's decode",
                diff, diff <= PARITY)  # fmt: skip
+
+
+def h3_checks(report: Callable[..., None]) -> None:
+    from latent2mp4.tiling import tile_grid
+
+    preset = load_preset("minimax-h3")
+    imagenet = [torch.tensor(v, device=CUDA).view(1, 3, 1, 1, 1)
+                for v in ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "vae"
+        vae = make_tiny_h3(folder, latent_channels=24).to(CUDA)
+        z = torch.randn(1, 24, 8, 20, 18, generator=torch.Generator().manual_seed(0))
+        mean, std = (torch.tensor(v).view(1, -1, 1, 1, 1) for v in
+                     (vae.config.latents_mean, vae.config.latents_std))  # fmt: skip
+        zv = z * std + mean
+        for tiled in (True, False):
+            vae.use_tiling = tiled
+            with torch.no_grad():
+                ref = vae.decode(zv.to(CUDA)).sample.float()
+            ref = (ref * imagenet[1] + imagenet[0]).clamp(0, 1) * 2 - 1
+            grid = tile_grid(preset, None, None) if tiled else None
+            got = ours(folder, "minimax-h3", zv, torch.float32, grid=grid)
+            diff = (got - ref).abs().max().item()
+            report(f"minimax-h3 fp32 cuda {'tiled' if tiled else 'whole'} max abs", diff,
+                   diff <= PARITY)  # fmt: skip
+        vae.use_tiling = True
+        src, out, bf16 = (Path(tmp) / n for n in ("z.safetensors", "o.mkv", "b.mkv"))
+        save_latents(src, z, model="minimax-h3", latent_space="model")
+        decode_file(src, DecodeOptions(vae=str(folder), device="cuda", dtype="fp32",
+                                       lossless=True, out=out))  # fmt: skip
+        frames_out = read_video(out)[0]
+        with torch.no_grad():
+            video = vae.decode(zv.to(CUDA)).sample.float()
+        video = (video * imagenet[1] + imagenet[0]).clamp(0, 1)[0].permute(1, 2, 3, 0)
+        expected = (video * 255).round().to(torch.uint8).cpu().numpy()
+        lsb = int(np.abs(frames_out.astype(int) - expected.astype(int)).max())
+        report("minimax-h3 decode_file cuda lossless vs pipeline frames", lsb, lsb <= 1, " LSB")
+        decode_file(src, DecodeOptions(vae=str(folder), device="cuda", dtype="bf16",
+                                       lossless=True, out=bf16))  # fmt: skip
+        p = psnr(read_video(bf16)[0], frames_out)
+        report("minimax-h3 bf16 cuda vs our fp32 PSNR", p, p >= 30, " dB")
 
 
 def tiny_checks(report: Callable[..., None]) -> None:

@@ -20,6 +20,7 @@ FPS = {
     "hunyuan1.5": 15,
     "ltx": 24,
     "ltx2": 24,
+    "minimax-h3": 24,
 }
 
 

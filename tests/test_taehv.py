@@ -48,6 +48,7 @@ TAEW22 = Variant("taew2_2", 48, 2, (1, 2, 2))
 TAEHV15 = Variant("taehv1_5", 32, 2, (1, 2, 2))
 TAELTX2 = Variant("taeltx_2", 128, 4, (2, 2, 2))
 TAEW22_SUPER = Variant("taew2_2_super", 48, 2, (1, 2, 2), super_=True)
+TAEH3 = Variant("taeh3", 24, 2, (1, 2, 2))
 WIDTHS = (24, 16, 8, 8)  # the released files have (256, 128, 64, 64), super (512, 256, 128, 64)
 
 
@@ -108,8 +109,13 @@ def random_checkpoint(v: Variant, seed: int = 0) -> dict[str, torch.Tensor]:
 # ---- the oracle: whole clip, block by block, frame by frame --------------------------------------
 
 
-def oracle(sd: dict[str, torch.Tensor], z: torch.Tensor, cogvideox: bool) -> np.ndarray:
-    """uint8 `(F, H, W, 3)` for latents `(C, T, h, w)` of one video (model space)."""
+def oracle(
+    sd: dict[str, torch.Tensor], z: torch.Tensor, cogvideox: bool, h3: bool = False
+) -> np.ndarray:
+    """uint8 `(F, H, W, 3)` for latents `(C, T, h, w)` of one video (model space).
+
+    `h3`: taeh3's `_decode_h3_video`: all frames, zero-padded to whole 5-latent clips, the first
+    `t_upscale - 1` frames of each clip dropped, then the last 3 latents' frames cut."""
     sd = {k: v.double() for k, v in sd.items() if k.startswith("decoder.")}
     sup = "decoder.0.weight" in sd
     frames = [z[:, t].double() for t in range(z.shape[1])]
@@ -163,7 +169,11 @@ def oracle(sd: dict[str, torch.Tensor], z: torch.Tensor, cogvideox: bool) -> np.
     patch = math.isqrt(sd["decoder.22.weight"].shape[0] // 3)
     x = [F.pixel_shuffle(conv(f, "decoder.22")[None], patch)[0] for f in x]
     t_up = len(x) // len(frames)
-    if not (cogvideox and len(frames) % 2 == 0):
+    if h3:
+        clip = 5 * t_up
+        x += [torch.zeros_like(x[0])] * (-len(x) % clip)
+        x = [f for k, f in enumerate(x) if k % clip >= t_up - 1][: -3 * t_up]
+    elif not (cogvideox and len(frames) % 2 == 0):
         x = x[t_up - 1 :]
     video = torch.stack(x).clamp(0, 1).mul(255).round().to(torch.uint8)
     return video.permute(0, 2, 3, 1).numpy()
@@ -204,6 +214,7 @@ CASES = {
     "taew2_2_super": Case(TAEW22_SUPER, "wan2.2", 2, (3, 3), ".pth", half=True),
     "taehv1_5": Case(TAEHV15, "file:hunyuan1.5:32:16:4", 2, (3, 4)),
     "taeltx_2": Case(TAELTX2, "file:ltx2:128:32:8", 2, (2, 2)),
+    "taeh3": Case(TAEH3, "minimax-h3", 12, (2, 3), batch=2),  # two whole clips and the tail
 }
 
 
@@ -241,7 +252,7 @@ def test_cli_stream_matches_whole_clip_oracle(name: str, tmp_path: Path, cli) ->
     outs = [tmp_path / n for n in names]
     for b, out in enumerate(outs):
         got, _ = read_video(out)
-        expected = oracle(sd, z[b], cogvideox=cog)
+        expected = oracle(sd, z[b], cogvideox=cog, h3=v is TAEH3)
         assert got.shape == expected.shape, (got.shape, expected.shape)
         diff = np.abs(got.astype(int) - expected.astype(int)).max()
         exact = (got == expected).mean()
