@@ -85,13 +85,24 @@ class TensorSource:
 
 @dataclass(frozen=True)
 class TileGrid:
-    """Spatial tiles in latent pixels: tile `size` placed every `stride`, as (height, width)."""
+    """Spatial tiles in latent pixels: tile `size` placed every `stride`, as (height, width).
+
+    `cover=False`: diffusers' classic tiling (most video VAEs): origins every `stride`, the last
+    tiles may be partial, overlaps of `size - stride` blended in place in raster order.
+    `cover=True`: the fewest full tiles covering the frame exactly with at least
+    `size - stride` overlap, the spare overlap spread one latent pixel at a time over the seams
+    from the first, each seam blended from the neighbours' unblended tiles (MiniMax-H3's
+    `_split_tiles` / `_stitch_tiles`).
+    """
 
     size: tuple[int, int]
     stride: tuple[int, int]
+    cover: bool = False
 
     @classmethod
-    def from_pixels(cls, size: tuple[int, int], stride: tuple[int, int], ratio: int) -> TileGrid:
+    def from_pixels(
+        cls, size: tuple[int, int], stride: tuple[int, int], ratio: int, cover: bool = False
+    ) -> TileGrid:
         """Convert output-pixel tile sizes to latent units; both must be multiples of `ratio`."""
         for name, value in (("tile size", size), ("tile stride", stride)):
             if any(v <= 0 or v % ratio for v in value):
@@ -101,13 +112,36 @@ class TileGrid:
         return cls(
             size=(size[0] // ratio, size[1] // ratio),
             stride=(stride[0] // ratio, stride[1] // ratio),
+            cover=cover,
         )
 
     def needed(self, h: int, w: int) -> bool:
         return h > self.size[0] or w > self.size[1]
 
     def origins(self, h: int, w: int) -> list[list[tuple[int, int]]]:
+        if self.cover:
+            rows, cols = (covering(n, s, s - st) for n, s, st in zip((h, w), self.size, self.stride))
+            return [[(i, j) for j, _ in cols] for i, _ in rows]
         return [[(i, j) for j in range(0, w, self.stride[1])] for i in range(0, h, self.stride[0])]
+
+
+def covering(length: int, size: int, min_overlap: int) -> list[tuple[int, int]]:
+    """`(start, overlap with the previous tile)` of the fewest `size` tiles covering `length`
+    exactly with overlaps of at least `min_overlap`; the spare overlap goes round-robin, one unit
+    per seam, from the first seam. One tile of `length` when it fits."""
+    if length <= size:
+        return [(0, 0)]
+    n = -(-length // size)
+    while n * size - (n - 1) * min_overlap < length:
+        n += 1
+    overlaps = [min_overlap] * (n - 1)
+    for k in range(n * size - (n - 1) * min_overlap - length):
+        overlaps[k % (n - 1)] += 1
+    spans, start = [(0, 0)], 0
+    for ov in overlaps:
+        start += size - ov
+        spans.append((start, ov))
+    return spans
 
 
 def blend(prev: Tensor, cur: Tensor, extent: int, dim: int) -> None:
@@ -124,9 +158,42 @@ def blend(prev: Tensor, cur: Tensor, extent: int, dim: int) -> None:
         cur.select(dim, p).copy_(mixed)
 
 
+def _decode_covered(
+    decoder: StreamDecoder, z: Tensor, grid: TileGrid, states: list[object], up: int
+) -> Tensor:
+    h, w = z.shape[-2:]
+    rows, cols = (covering(n, s, s - st) for n, s, st in zip((h, w), grid.size, grid.stride))
+    tiles: list[list[Tensor]] = []
+    k = 0
+    for i, _ in rows:
+        tiles.append([])
+        for j, _ in cols:
+            part = z[..., i : i + grid.size[0], j : j + grid.size[1]]
+            tiles[-1].append(decoder.decode_chunk(part, states[k]))
+            k += 1
+    # Every seam blends unblended neighbours (the reference builds new tensors), so each tile is
+    # blended in a copy; a tile then drops the rows/columns the next tile's seam covers.
+    out_rows = []
+    for r, row in enumerate(tiles):
+        kept = []
+        for c, tile in enumerate(row):
+            t = tile.clone() if r or c else tile
+            if r:
+                blend_linear(tiles[r - 1][c], t, rows[r][1] * up, dim=3)
+            if c:
+                blend_linear(row[c - 1], t, cols[c][1] * up, dim=4)
+            bottom = t.shape[3] - (rows[r + 1][1] * up if r + 1 < len(rows) else 0)
+            right = t.shape[4] - (cols[c + 1][1] * up if c + 1 < len(cols) else 0)
+            kept.append(t[..., :bottom, :right])
+        out_rows.append(torch.cat(kept, dim=4))
+    return torch.cat(out_rows, dim=3)
+
+
 def _decode_tiled(
     decoder: StreamDecoder, z: Tensor, grid: TileGrid, states: list[object], up: int
 ) -> Tensor:
+    if grid.cover:
+        return _decode_covered(decoder, z, grid, states, up)
     h, w = z.shape[-2:]
     origins = grid.origins(h, w)
     blend_h, blend_w = ((t - s) * up for t, s in zip(grid.size, grid.stride, strict=False))
@@ -152,6 +219,19 @@ def _decode_tiled(
             kept.append(tile[..., :keep_h, :keep_w])
         rows.append(torch.cat(kept, dim=4))
     return torch.cat(rows, dim=3)[..., : h * up, : w * up]
+
+
+def blend_linear(prev: Tensor, cur: Tensor, extent: int, dim: int) -> None:
+    """`blend` in one step, with the weights as a tensor in `cur`'s dtype (MiniMax-H3's `_blend`
+    arithmetic); in place on `cur`."""
+    e = min(prev.shape[dim], cur.shape[dim], extent)
+    if e <= 0:
+        return
+    shape = [1] * cur.ndim
+    shape[dim] = e
+    up = (torch.arange(e, device=cur.device, dtype=cur.dtype) / e).view(shape)
+    head = cur.narrow(dim, 0, e)
+    head.copy_(prev.narrow(dim, prev.shape[dim] - e, e) * (1 - up) + head * up)
 
 
 @contextmanager

@@ -215,6 +215,7 @@ def plan_latents(lf: LatentFile, opts: DecodeOptions, root: Path | None = None) 
         no_tile=opts.no_tile,
         preview=opts.decoder == "preview",
         bytes_per_pixel=TINY_BYTES_PER_PIXEL if opts.decoder == "tiny" else None,
+        vae=opts.decoder == "vae",
     )
     notes += (tiling_note,) if tiling_note else ()
     if slow := slow_dtype_note(dtype, device):  # preview decodes in fp32: never said

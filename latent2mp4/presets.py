@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import yaml
 
+from latent2mp4.clips import ClipPlan
 from latent2mp4.engine import TileGrid
 from latent2mp4.errors import UsageError
 from latent2mp4.models.registry import get_family, get_sound
@@ -18,7 +19,7 @@ from latent2mp4.normalization import Normalization
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 Layout = Literal["BCFHW", "BFCHW", "BFHWC"]
-FramesRule = Literal["causal", "paired"]
+FramesRule = Literal["causal", "paired", "clips"]
 # The order of the (C, F, H, W) axes after the batch axis, per layout: Kandinsky 5 returns its
 # latents channels-last, (B, F, H, W, C).
 LAYOUT_AXES: dict[str, str] = {"BCFHW": "CFHW", "BFCHW": "FCHW", "BFHWC": "FHWC"}
@@ -113,6 +114,18 @@ class Preset:
     decode_noise_scale: float | None = None  # None: equal to the timestep
     source: str = ""
     audio: AudioPreset | None = None  # the model generates sound too
+    # frames_rule clips: the encoder's clip geometry (clip_length pixel frames, token_drop)
+    clips: tuple[int, int] | None = None
+    # Covering tiles (engine.TileGrid.cover) rather than tiles every stride.
+    tile_cover: bool = False
+    # The reference decodes in tiles whatever the memory: the tiles are part of the picture.
+    tile_always: bool = False
+
+    @property
+    def clip_plan(self) -> ClipPlan | None:
+        if self.frames_rule != "clips" or self.clips is None:
+            return None
+        return ClipPlan(self.clips[0], self.clips[1], self.temporal_ratio)
 
     @property
     def tiny_variant(self) -> tuple[int, int, int]:
@@ -122,6 +135,8 @@ class Preset:
 
     def frames_out(self, t: int) -> int:
         """Frames the real VAE decodes from `t` latent frames."""
+        if (plan := self.clip_plan) is not None:
+            return plan.frames_out(t)
         if self.frames_rule == "paired" and t % 2 == 0:
             return self.temporal_ratio * t
         return 1 + self.temporal_ratio * (t - 1)
@@ -175,6 +190,9 @@ class Preset:
                 decode_noise_scale=_optional_float(d.get("decode", {}).get("noise_scale")),
                 source=str(path),
                 audio=AudioPreset.from_mapping(d["audio"]) if "audio" in d else None,
+                clips=_clips(d.get("clips")),
+                tile_cover=bool(d["tiling"].get("cover", False)),
+                tile_always=bool(d["tiling"].get("always", False)),
             )
         except KeyError as e:
             raise UsageError(f"{path}: preset is missing the key {e}") from None
@@ -189,8 +207,14 @@ class Preset:
             raise UsageError(
                 f"{where}: layout must be one of {', '.join(LAYOUT_AXES)}, not {self.layout}"
             )
-        if self.frames_rule not in ("causal", "paired"):
-            raise UsageError(f"{where}: frames_rule must be causal or paired")
+        if self.frames_rule not in ("causal", "paired", "clips"):
+            raise UsageError(f"{where}: frames_rule must be causal, paired or clips")
+        if (self.frames_rule == "clips") != (self.clips is not None):
+            raise UsageError(f"{where}: frames_rule clips goes with a clips section, and only it")
+        try:
+            self.clip_plan  # noqa: B018 - validates the clip geometry
+        except ValueError as e:
+            raise UsageError(f"{where}: clips: {e}") from None
         for key in ("latent_channels", "spatial_ratio", "temporal_ratio", "chunk_frames",
                     "front_pad_multiple"):  # fmt: skip
             if getattr(self, key) < 1:
@@ -214,7 +238,9 @@ class Preset:
                 f"{where}: normalization has {n} channels, expected {self.latent_channels}"
             )
         try:
-            TileGrid.from_pixels(self.tile_size, self.tile_stride, self.spatial_ratio)
+            TileGrid.from_pixels(
+                self.tile_size, self.tile_stride, self.spatial_ratio, self.tile_cover
+            )
         except ValueError as e:
             raise UsageError(f"{where}: tiling: {e}") from None
         if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
@@ -229,7 +255,7 @@ class Preset:
 PRESET_KEYS = frozenset(
     "name aliases description family latent_channels spatial_ratio temporal_ratio layout "
     "frames_rule fps normalization hub tiling dtype preview memory front_pad_multiple tiny "
-    "latent_space packed decode audio".split()
+    "latent_space packed decode audio clips".split()
 )
 
 
@@ -238,6 +264,14 @@ def _whole(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int | float) or v != int(v):
         raise ValueError(f"{v!r} is not a whole number")
     return int(v)
+
+
+def _clips(v: Any) -> tuple[int, int] | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict) or set(v) != {"clip_length", "token_drop"}:
+        raise ValueError("clips needs clip_length and token_drop")
+    return _whole(v["clip_length"]), _whole(v["token_drop"])
 
 
 def _optional_float(v: Any) -> float | None:

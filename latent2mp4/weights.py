@@ -30,6 +30,8 @@ CONTAINER_KEYS = ("state_dict", "model", "module")  # wrappers around .pt/.pth s
 PREFIXES = ("vae.", "first_stage_model.", "model.")  # stripped when they wrap a VAE's keys
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SHOWN_KEYS = 5
+# Where a pipeline folder keeps its (video) VAE: diffusers' layout, then original releases'.
+PIPELINE_SUBFOLDERS = ("vae", "video_vae")
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,11 @@ def resolve_vae(spec: str | None, preset: Preset) -> VaeSource:
 
 
 def _from_folder(path: Path) -> VaeSource:
-    if not (path / "config.json").is_file() and (path / "vae").is_dir():
-        path = path / "vae"  # a whole pipeline folder
+    if not (path / "config.json").is_file():
+        # a whole pipeline folder (diffusers' vae/, or an original release's video_vae/)
+        path = next((path / d for d in PIPELINE_SUBFOLDERS if (path / d).is_dir()), path)
+    if (wrapped := _wrapped(path)) is not None:
+        return wrapped
     files = _diffusers_files(path)
     if not files:
         singles = sorted(p for p in path.iterdir() if p.suffix.lower() in WEIGHT_SUFFIXES)
@@ -86,6 +91,29 @@ def _from_folder(path: Path) -> VaeSource:
         )
     config = _read_config(path / "config.json") if (path / "config.json").is_file() else None
     return VaeSource(files=files, config=config, description=str(path))
+
+
+def _wrapped(folder: Path) -> VaeSource | None:
+    """An original release's folder (MiniMax-H3's `video_vae/`): its config.json names the
+    weights' folder and file (`source_path`, `source_safetensors_path`) and holds the latent
+    statistics; the architecture is the config.json beside the weights. Both are merged, the
+    wrapper's values on top."""
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        return None
+    wrapper = _read_config(cfg_path)
+    if "source_path" not in wrapper:
+        return None
+    source = folder / str(wrapper["source_path"])
+    weights = source / str(wrapper.get("source_safetensors_path", "model.safetensors"))
+    if not weights.is_file():
+        raise WeightsError(f"{cfg_path}: names the weights {weights}, which do not exist")
+    if not (source / "config.json").is_file():
+        raise WeightsError(f"{source}: no config.json beside the weights (the architecture)")
+    inner = _read_config(source / "config.json")
+    config = {**inner, **{k: v for k, v in wrapper.items() if k != "_source"}}
+    config["_class_name"] = inner.get("_class_name")
+    return VaeSource(files=(weights,), config=config, description=str(folder))
 
 
 def _diffusers_files(folder: Path) -> tuple[Path, ...]:
@@ -455,6 +483,8 @@ def load_vae(
     try:
         if source.config is not None:
             config = family.config_from_diffusers(source.config)
+            if family.complete_config is not None:
+                config = family.complete_config(config, shapes)
         else:
             config = family.config_from_shapes(shapes)
     except KeyError as e:

@@ -56,6 +56,9 @@ class Family:
     # Other `_class_name`s whose `config.json` this family reads (an original release's own
     # class), so that config is used rather than ignored.
     other_classes: tuple[str, ...] = ()
+    # Fills in what a config leaves to the tensors (the original MiniMax-H3 config names no FFN
+    # width or register count): (config, renamed shapes) → config; None: the config is complete.
+    complete_config: Callable[[Any, Shapes], Any] | None = None
 
     @property
     def config_classes(self) -> tuple[str, ...]:

@@ -12,7 +12,11 @@ the variant and its widths are read off the tensors, never the file name.
 The decoder consumes model-space latents (no de-normalisation) and outputs [0, 1]. The reference
 (`taehv.py` `TAEHV.decode_video`) drops the first `t_upscale - 1` frames, except for CogVideoX with
 an even latent count; here the drop is whatever makes the count equal the full VAE's
-(`Preset.frames_out`), which gives both rules.
+(`Preset.frames_out`), which gives both rules. For MiniMax-H3 (taeh3) the reference decodes the
+whole clip and then drops the first `t_upscale - 1` frames of every `chunk · t_upscale`-frame
+clip (the preset's clip plan); with the pipeline's 5n+2 latents that is 17n+5 frames, the full
+VAE's count. (For other latent counts the reference pads with black frames or cuts real ones to
+17·⌈4T/20⌉ − 12; here the real frames are kept, which is again the full VAE's count.)
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latent2mp4.clips import ClipPlan
 from latent2mp4.engine import Chunk
 from latent2mp4.errors import WeightsError
 from latent2mp4.presets import Preset, builtin_presets
@@ -195,9 +200,15 @@ class TinyDecoder(nn.Module):
 
     input_space = "model"
 
-    def __init__(self, config: TinyConfig, frames_out: Callable[[int], int] | None = None) -> None:
+    def __init__(
+        self,
+        config: TinyConfig,
+        frames_out: Callable[[int], int] | None = None,
+        clips: ClipPlan | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
+        self.clips = clips
         self.decoder = nn.Sequential(*_layers(config))
         t_up = config.t_upscale
         self.frames_out = frames_out or (lambda t: 1 + t_up * (t - 1))
@@ -208,6 +219,9 @@ class TinyDecoder(nn.Module):
 
     def time_chunks(self, num_frames: int, max_frames: int = 1) -> list[Chunk]:
         # Every frame depends only on earlier ones, so any split gives the same frames.
+        if self.clips is not None:  # one chunk per clip, its leading frames dropped
+            n, cut = self.clips.chunk, self.config.t_upscale - 1
+            return [Chunk(s, min(s + n, num_frames), cut) for s in range(0, num_frames, n)]
         drop = self.config.t_upscale * num_frames - self.frames_out(num_frames)
         assert 0 <= drop < self.config.t_upscale, (num_frames, drop)
         starts = range(0, num_frames, max_frames)
@@ -302,7 +316,7 @@ def load_tiny(
         raise WeightsError(f"{where}: not a known tiny decoder layout ({e})") from None
     _check_fit(config, preset, where)
     with torch.device("meta"):
-        module = TinyDecoder(config, preset.frames_out)
+        module = TinyDecoder(config, preset.frames_out, preset.clip_plan)
     expected = {f"decoder.{k}": tuple(v.shape) for k, v in module.decoder.state_dict().items()}
     missing, unexpected = set(expected) - set(shapes), set(shapes) - set(expected)
     wrong = {f"{k} {shapes[k]}≠{v}" for k, v in expected.items() if shapes.get(k, v) != v}
