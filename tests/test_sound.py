@@ -11,8 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import save_file
 from test_audio import read_audio
+from test_minimax_h3 import frames_of
+from test_minimax_h3 import pixels as h3_pixels
+from tiny_minimax_h3 import TINY, make_tiny_h3
 from tiny_sound import (
     cosmos3_reference,
     h3_reference,
@@ -192,38 +196,47 @@ def test_cosmos3_video_and_sound(tmp_path, cli):
 
 
 def h3_preset(tmp_path: Path) -> Path:
-    """Until the `minimax-h3` preset lands (branch h3): a test-local preset whose video side is a
-    tiny Wan VAE and whose sound is H3's."""
-    text = (CONFIG_DIR / "wan.yaml").read_text().replace("name: wan\n", "name: h3-sound\n")
-    preset = tmp_path / "h3-sound.yaml"
-    preset.write_text(
-        text + "audio:\n  architecture: minimax-h3-audio\n  vocoder_subfolder: null\n"
-        "  sample_rate: 6000\n  samples_per_latent: 6\n"
-    )
-    return preset
+    """minimax-h3.yaml, audio section included, for the tiny video and audio VAEs' sizes."""
+    d = yaml.safe_load((CONFIG_DIR / "minimax-h3.yaml").read_text())
+    c = TINY["latent_channels"]
+    d.update(name="h3-sound", aliases=[], latent_channels=c)
+    d["normalization"] = {"std_op": "multiply", "mean": [0.0] * c, "std": [1.0] * c}
+    d["preview"]["factors"] = [[0.0, 0.0, 0.0]] * c
+    d.pop("tiny")
+    d["audio"].update(sample_rate=6000, samples_per_latent=6)
+    path = tmp_path / "h3-sound.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["rows-diffusers", "batch-original"])
-def test_h3_sound_muxed_left_and_right(tmp_path, cli, batched):
-    """The pipeline's stereo rows (2, C, L) from a diffusers folder, or batched (1, 2, C, L) from
-    the original release's layout; padded or trimmed to the video as LTX-2's sound is."""
+def test_h3_video_and_sound(tmp_path, cli, batched):
+    """The `minimax-h3` preset's sound: the blocks' stereo rows (2, C, L) from a pipeline folder's
+    diffusers audio_vae/, or batched (1, 2, C, L) from the release's audio_vae/ (model.safetensors
+    + config.json); left and right, trimmed to the video as LTX-2's sound is."""
     root = tmp_path / "H3"
-    make_tiny_wan(root / "vae", "2.1", seed=13)
+    vae = make_tiny_h3(root / "vae", seed=13)
     audio_vae = make_tiny_h3_audio(root / "audio_vae", seed=14, original=batched)
     g = torch.Generator().manual_seed(15)
-    video = torch.randn(1, 16, 3, 4, 4, generator=g)  # 9 frames at 16 fps: 0.5625 s
-    rows = torch.randn(2, 4, 600, generator=g)  # 3600 samples at 6 kHz: 0.6 s
+    video = torch.randn(1, TINY["latent_channels"], 7, 4, 4, generator=g)  # 22 frames: 0.917 s
+    rows = torch.randn(2, 4, 1000, generator=g)  # 6000 samples at 6 kHz: 1 s
     audio = rows[None] if batched else rows
     save_file({"latents": video, "audio_latents": audio}, str(tmp_path / "h3.safetensors"))
     out = tmp_path / "h3.mkv"
     run = cli("decode", tmp_path / "h3.safetensors", "--preset", h3_preset(tmp_path), "--vae",
               root, "--lossless", "-o", out)  # fmt: skip
     assert run.exit_code == 0, run.output
-    assert "audio 0.600 s, video 0.562 s: audio trimmed" in run.output
+    assert "audio 1.000 s, video 0.917 s: audio trimmed" in run.output
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    frames, fps = read_video(out)
+    want_frames = frames_of(h3_pixels(vae, video * std + mean))[0]
+    assert fps == 24 and frames.shape == want_frames.shape == (22, 64, 64, 3)
+    assert np.abs(frames.astype(int) - want_frames.astype(int)).max() <= 1
     got, line = read_audio(out)
     want = h3_reference(audio_vae, rows)[0].T.numpy()  # (samples, [left, right])
     assert "6000 Hz" in line and "stereo" in line
-    n = round(9 / 16 * 6000)
+    n = round(22 / 24 * 6000)
     assert got.shape == (n, 2) and np.abs(got - want[:n]).max() <= READ_BACK
 
 
@@ -247,9 +260,9 @@ def test_info_shows_the_sound_latents_and_their_duration(tmp_path, cli):
 
 def test_sound_latents_that_do_not_fit_are_one_line_errors(tmp_path, cli):
     root = tmp_path / "H3"
-    make_tiny_wan(root / "vae", "2.1", seed=13)
+    make_tiny_h3(root / "vae", seed=13)
     make_tiny_h3_audio(root / "audio_vae", seed=14)
-    video = torch.randn(1, 16, 3, 4, 4)
+    video = torch.randn(1, TINY["latent_channels"], 7, 4, 4)
     for name, audio, message in [
         ("rank", torch.randn(4, 60), "expected unpacked float audio latents (B, 2, C, L)"),
         ("rows", torch.randn(3, 4, 60), "has 3 rows of 4 channels"),
