@@ -235,3 +235,41 @@ def fold_weight_norm(entries: Weights) -> Weights:
 
         out[base + ".weight"] = (v[0], read)
     return out
+
+
+# ---- bounded memory: windows with the receptive field as context -------------------------------
+
+CHUNK_SECONDS = 10.0  # of sound per window: the activations of one window bound the memory
+ACT_RADIUS = 8  # samples either side an anti-aliased activation reads (2 x 12-tap filters: 6)
+
+
+def generator_context(cfg: GeneratorConfig) -> int:
+    """Input frames either side beyond which an output sample of `Generator(cfg)` cannot see
+    (an upper bound of its receptive field's radius: convs, transposed convs, activations)."""
+    rate, radius = 1, 3.0  # conv_pre, kernel 7
+    for r, k in zip(cfg.upsample_rates, cfg.upsample_kernel_sizes, strict=True):
+        radius += math.ceil(k / r) / rate
+        rate *= r
+        block = max(
+            sum(2 * ACT_RADIUS + (d + 1) * (kernel - 1) / 2 for d in dil)
+            for kernel, dil in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilations, strict=True)
+        )
+        radius += block / rate
+    radius += (ACT_RADIUS + 3) / rate  # activation_post, conv_post
+    return math.ceil(radius) + 2
+
+
+def windowed(fn: Any, x: Tensor, hop: int, context: int, chunk: int) -> Tensor:
+    """`fn` (`(..., T)` → `(..., T x hop)`, local within `context` input frames) over windows
+    of `chunk` frames read with `context` frames of margin each side and cropped to their own
+    samples: the whole-clip result, with the memory of one window. The clip's true ends are the
+    windows' ends there, so edge handling is the whole clip's."""
+    n = x.shape[-1]
+    if n <= chunk:
+        return fn(x)
+    parts = []
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        lo, hi = max(0, start - context), min(n, stop + context)
+        parts.append(fn(x[..., lo:hi])[..., (start - lo) * hop : (stop - lo) * hop])
+    return torch.cat(parts, dim=-1)

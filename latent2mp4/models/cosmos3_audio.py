@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from latent2mp4.models.bigvgan import fold_weight_norm
+from latent2mp4.models.bigvgan import CHUNK_SECONDS, fold_weight_norm, windowed
 from latent2mp4.models.sound import Loadable, Part, SoundArchitecture, Weights
 
 if TYPE_CHECKING:
@@ -53,6 +53,17 @@ class OobleckConfig:
     @property
     def hop(self) -> int:
         return math.prod(self.dec_strides)
+
+    @property
+    def context(self) -> int:
+        """Latent frames either side beyond which an output sample cannot see (an upper bound
+        of the receptive field's radius: conv1, each block's transposed conv and units, conv2)."""
+        rate, radius = 1, 3.0  # conv1, kernel 7
+        for s in reversed(self.dec_strides):
+            radius += 2 / rate  # kernel 2s at stride s reads 2 input samples either side
+            rate *= s
+            radius += sum(3 * d for d in DILATIONS) / rate  # kernel 7, dilation d
+        return math.ceil(radius + 3 / rate) + 2  # conv2, kernel 7
 
 
 class Snake(nn.Module):
@@ -117,12 +128,17 @@ class OobleckDecoder(nn.Module):
 
 
 class CosmosSound(nn.Module):
+    """Latents `(1, C, T)` → `(1, channels, T x hop)`, decoded in windows of `chunk_frames`
+    latents with the receptive field as margin (`cfg.context`): the whole-clip waveform."""
+
     description = ""
 
     def __init__(self, cfg: OobleckConfig) -> None:
         super().__init__()
         self.cfg, self.sample_rate = cfg, cfg.sampling_rate
         self.decoder = OobleckDecoder(cfg)
+        per_second = self.sample_rate / cfg.hop
+        self.chunk_frames = max(math.ceil(CHUNK_SECONDS * per_second), cfg.context)
 
     def latent_error(self, shape: tuple[int, ...]) -> str | None:
         want = self.cfg.vocoder_input_dim
@@ -131,7 +147,8 @@ class CosmosSound(nn.Module):
         return f"has {shape[1]} channels; the sound tokenizer decodes {want}"
 
     def waveform(self, z: Tensor) -> Tensor:
-        return self.decoder(z).clamp(-1, 1)
+        wave = windowed(self.decoder, z, self.cfg.hop, self.cfg.context, self.chunk_frames)
+        return wave.clamp(-1, 1)
 
 
 def build(

@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from latent2mp4.models.bigvgan import Generator, GeneratorConfig, fold_weight_norm, generator_keys
+from latent2mp4.models.bigvgan import (
+    CHUNK_SECONDS,
+    Generator,
+    GeneratorConfig,
+    fold_weight_norm,
+    generator_context,
+    generator_keys,
+    windowed,
+)
 from latent2mp4.models.family import Shapes
 from latent2mp4.models.sound import Loadable, Part, SoundArchitecture, Weights
 
@@ -96,7 +104,9 @@ def from_release(d: Mapping[str, Any], shapes: Shapes) -> H3AudioConfig:
 
 
 class H3Sound(nn.Module):
-    """Stereo rows `(1, 2, C, L)` → `(1, 2, L x hop)`: left and right."""
+    """Stereo rows `(1, 2, C, L)` → `(1, 2, L x hop)`: left and right, decoded in windows of
+    `chunk_frames` latents with the decoder's receptive field as margin (`context`), which
+    gives the whole-clip waveform."""
 
     description = ""
 
@@ -105,6 +115,9 @@ class H3Sound(nn.Module):
         self.cfg, self.sample_rate = cfg, cfg.sample_rate
         self.dec_in_proj = nn.Conv1d(cfg.latent_channels, cfg.generator.in_channels, 1)
         self.decoder = Generator(cfg.generator)
+        self.context = generator_context(cfg.generator)  # dec_in_proj is pointwise
+        per_second = self.sample_rate / cfg.generator.hop
+        self.chunk_frames = max(math.ceil(CHUNK_SECONDS * per_second), self.context)
 
     def latent_error(self, shape: tuple[int, ...]) -> str | None:
         want = (2, self.cfg.latent_channels)
@@ -117,7 +130,11 @@ class H3Sound(nn.Module):
         std = torch.tensor(self.cfg.std, device=z.device).view(1, -1, 1)
         mean = torch.tensor(self.cfg.mean, device=z.device).view(1, -1, 1)
         rows = z[0] * std + mean  # (2, C, L): the stereo rows as two mono clips
-        return self.decoder(self.dec_in_proj(rows)).transpose(0, 1)  # (1, 2, samples)
+        wave = windowed(self._decode, rows, self.cfg.generator.hop, self.context, self.chunk_frames)
+        return wave.transpose(0, 1)  # (1, 2, samples)
+
+    def _decode(self, rows: Tensor) -> Tensor:
+        return self.decoder(self.dec_in_proj(rows))
 
 
 def keys(entries: Weights) -> dict[str, str]:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from latent2mp4.models.bigvgan import Generator, GeneratorConfig, generator_keys
+from latent2mp4.models.bigvgan import (
+    CHUNK_SECONDS,
+    Generator,
+    GeneratorConfig,
+    generator_context,
+    generator_keys,
+    windowed,
+)
 from latent2mp4.models.mmaudio.vae import MelVae, MelVaeConfig
 from latent2mp4.models.sound import Loadable, Part, SoundArchitecture, Weights
 
@@ -35,7 +43,13 @@ VOCODER_DEFAULTS: dict[str, Any] = {
 
 
 class MelSound(nn.Module):
-    """Model-space latents `(1, C, L)` → mel → mono waveform `(1, 1, 2L x hop)`."""
+    """Model-space latents `(1, C, L)` → mel → mono waveform `(1, 1, 2L x hop)`.
+
+    The VAE's mid block attends over the whole clip, so the mel is decoded whole (small: 128
+    bins x 86 frames per second); the vocoder, where the memory is, runs in windows of
+    `chunk_frames` mel frames with its receptive field as margin (`context`), which gives the
+    whole-clip waveform.
+    """
 
     description = ""
 
@@ -43,6 +57,9 @@ class MelSound(nn.Module):
         super().__init__()
         self.vae, self.vocoder = vae, vocoder
         self.sample_rate = vae.cfg.sample_rate
+        self.context = generator_context(vocoder.cfg)
+        hop = vocoder.cfg.hop
+        self.chunk_frames = max(math.ceil(CHUNK_SECONDS * self.sample_rate / hop), self.context)
 
     def latent_error(self, shape: tuple[int, ...]) -> str | None:
         want = self.vae.cfg.latent_channels
@@ -51,7 +68,8 @@ class MelSound(nn.Module):
         return f"has {shape[1]} channels; the audio VAE decodes {want}"
 
     def waveform(self, z: Tensor) -> Tensor:
-        return self.vocoder(self.vae(z))
+        mel = self.vae(z)
+        return windowed(self.vocoder, mel, self.vocoder.cfg.hop, self.context, self.chunk_frames)
 
 
 def vae_keys(keys: list[str]) -> dict[str, str]:
