@@ -99,25 +99,26 @@ def probe(path: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "sound-clips")
+    ap.add_argument("--keep", action="store_true", help="reuse the folders a former run built")
     args = ap.parse_args()
-    for name, make in (
-        ("kandinsky6", kandinsky6),
-        ("cosmos3", cosmos3),
-        ("minimax-h3", minimax_h3),
-    ):
+    makers = (("kandinsky6", kandinsky6), ("cosmos3", cosmos3), ("minimax-h3", minimax_h3))
+    for name, make in makers:
         root = args.out / name
-        shutil.rmtree(root, ignore_errors=True)
-        torch.manual_seed(1)
-        z, preset = make(root)
-        save_file(z, str(root / "z.safetensors"))
+        preset = ["--preset", str(root / "preset.yaml")] if name == "minimax-h3" else ["-m", name]
+        if not (args.keep and (root / "z.safetensors").is_file()):
+            shutil.rmtree(root, ignore_errors=True)
+            torch.manual_seed(1)
+            z, preset = make(root)
+            save_file(z, str(root / "z.safetensors"))
         out = root / f"{name}.mp4"
-        argv = [sys.executable, "-m", "latent2mp4.cli", "decode", str(root / "z.safetensors"),
-                *preset, "--vae", str(root), "-o", str(out), "--overwrite"]  # fmt: skip
+        cli = "import sys; from latent2mp4.cli import main; sys.argv[0] = 'latent2mp4'; main()"
+        argv = [sys.executable, "-c", cli, "decode", str(root / "z.safetensors"), *preset,
+                "--vae", str(root), "-o", str(out), "--overwrite"]  # fmt: skip
         run = subprocess.run(argv, capture_output=True, text=True)
         print(f"## {name}\n$ latent2mp4 decode z.safetensors {' '.join(preset)} --vae {root}")
-        print(run.stdout.strip() or run.stderr.strip())
+        print(run.stdout.strip() or run.stderr.strip(), flush=True)
         if run.returncode == 0:
-            print(probe(out))
+            print(probe(out), flush=True)
 
 
 if __name__ == "__main__":
