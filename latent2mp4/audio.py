@@ -1,9 +1,12 @@
-"""Sound: LTX-2 audio latents decoded to a waveform, or any audio file, muxed into the video.
+"""Sound: audio latents decoded to a waveform, or any audio file, muxed into the video.
 
 The audio of one output is decoded whole before its frames (seconds of audio are a few MB of
 samples), written as raw float32 beside the output, and handed to the ffmpeg process that
-receives the frames; the frames' duration sets the output's, so the audio is padded with silence
-or trimmed to it.
+receives the frames. The frames' duration sets the output's (the audio is padded with silence or
+trimmed to it) unless the preset keeps the decoded length (`audio: trim: false`, as the model's
+pipeline does). Which decoder a preset's audio latents need is data: its `audio: architecture`
+names a module under latent2mp4.models exporting `SOUND` (models/sound.py); nothing here knows
+one.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
 import imageio_ffmpeg
 import numpy as np
@@ -27,10 +30,9 @@ from torch import Tensor, nn
 
 from latent2mp4.arrays import StoredArray, all_finite, open_arrays
 from latent2mp4.errors import InputError, UsageError, WeightsError
-from latent2mp4.models.ltx2.audio import AudioVaeConfig, AudioVaeDecoder
-from latent2mp4.models.ltx2.audio import rename_keys as audio_vae_keys
-from latent2mp4.models.ltx2.vocoder import BweConfig, BweVocoder, Vocoder, VocoderConfig
-from latent2mp4.models.ltx2.vocoder import rename_keys as vocoder_keys
+from latent2mp4.models.registry import get_sound
+from latent2mp4.models.sound import Part, SoundArchitecture, Weights
+from latent2mp4.options import DecodeOptions
 from latent2mp4.presets import AudioPreset, Preset
 from latent2mp4.video import AudioTrack
 from latent2mp4.weights import (
@@ -42,26 +44,24 @@ from latent2mp4.weights import (
     open_tensors,
 )
 
-if TYPE_CHECKING:
-    from latent2mp4.pipeline import DecodeOptions
-
 log = logging.getLogger(__name__)
 
-AUDIO_VAE_CLASS = "AutoencoderKLLTX2Audio"
-VOCODER_CLASSES = ("LTX2Vocoder", "LTX2VocoderWithBWE")
 DEFAULT_BITRATE = "192k"
 LOSSLESS_AUDIO = ("flac", "alac", "pcm_s16le", "pcm_s24le", "pcm_f32le")
 CODEC_NAMES = {"opus": "libopus", "mp3": "libmp3lame", "vorbis": "libvorbis"}
 HIDDEN_AUDIO_KEY = "audio_latents"  # noted when a preset without sound meets it
+RELEASE_WEIGHTS = "model.safetensors"  # an original release's audio folder (MiniMax-H3)
+OPTION = {"vae": "--audio-vae", "vocoder": "--vocoder"}
 
 
 @dataclass(frozen=True)
 class AudioLatents:
-    """Audio latents of a file, `(B, C, L, bins)` in VAE space, as `LTX2Pipeline` returns them."""
+    """Audio latents of a file, batched `(B, ...)` in the layout their architecture reads."""
 
     key: str
     tensor: Tensor
-    seconds: float  # nominal duration from the preset's mel rate
+    seconds: float  # nominal duration from the preset
+    trim: bool = True  # padded or trimmed to the video; False: kept as decoded
 
 
 @dataclass(frozen=True)
@@ -86,12 +86,8 @@ class AudioResult:
     source: str  # "audio_latents" (a tensor name) or the --audio file
 
 
-@dataclass(frozen=True)
-class AudioModels:
-    vae: AudioVaeDecoder
-    vocoder: nn.Module
-    sample_rate: int
-    description: str
+# A loaded sound decoder (an nn.Module implementing SoundDecoder).
+AudioModels = Any
 
 
 # ---- planning (no weights) ---------------------------------------------------------------------
@@ -113,6 +109,7 @@ def plan_audio(
         if path.suffix.lower() == ".safetensors" and HIDDEN_AUDIO_KEY in _arrays(path):
             return None, (f"'{HIDDEN_AUDIO_KEY}' ignored: {preset.name} decodes no audio",)
         return None, ()
+    arch = get_sound(spec.architecture)
     key = opts.audio_key or spec.key
     arrays = _arrays(path)
     if key not in arrays:
@@ -121,30 +118,35 @@ def plan_audio(
             raise InputError(f"{path}: no tensor '{key}' (--audio-key); the file has: {have}")
         return None, (f"no audio latents ('{key}') in the file: video only",)
     a = arrays[key]
-    if len(a.shape) != 4 or not (isinstance(a.dtype, torch.dtype) and a.dtype.is_floating_point):
+    ranks = (arch.rank, arch.rank - 1) if arch.unbatched else (arch.rank,)
+    if len(a.shape) not in ranks or not (
+        isinstance(a.dtype, torch.dtype) and a.dtype.is_floating_point
+    ):
         raise InputError(
             f"{path}: '{key}' is {tuple(a.shape)} {a.dtype}; expected unpacked float audio "
-            "latents (B, C, L, bins) as LTX2Pipeline(output_type='latent') returns them"
+            f"latents {arch.form}"
         )
     if 0 in a.shape:
         raise InputError(f"{path}: '{key}' has an empty dimension {tuple(a.shape)}")
-    if a.shape[0] != batch:
+    clips = a.shape[0] if len(a.shape) == arch.rank else 1
+    if clips != batch:
         raise InputError(
-            f"{path}: '{key}' holds {a.shape[0]} clips but the video latents {batch}; each "
+            f"{path}: '{key}' holds {clips} clips but the video latents {batch}; each "
             "video needs its own audio (or pass --no-audio)"
         )
-    seconds = latent_seconds(spec, a.shape[2])
+    seconds = latent_seconds(spec, a.shape[arch.time_axis - (arch.rank - len(a.shape))])
     if opts.decoder == "preview":
         return None, (f"'{key}' not decoded by the preview decoder: video only",)
-    z = a.take((slice(None),) * 4)
+    z = a.take((slice(None),) * len(a.shape))
     if not bool(all_finite(z)):
         raise InputError(f"{path}: '{key}' holds NaN or Inf values")
-    return AudioLatents(key, z, seconds), ()
+    z = z if len(a.shape) == arch.rank else z[None]
+    return AudioLatents(key, z, seconds, spec.trim), ()
 
 
 def latent_seconds(spec: AudioPreset, latent_frames: int) -> float:
-    """Nominal duration of `latent_frames` audio latents: 4L - 3 mel frames at `mel_rate`."""
-    return max(4 * latent_frames - 3, 1) / spec.mel_rate
+    """Nominal duration of `latent_frames` audio latents of the preset's architecture."""
+    return get_sound(spec.architecture).seconds(spec, latent_frames)
 
 
 def _arrays(path: Path) -> dict[str, StoredArray]:
@@ -181,86 +183,76 @@ def probe_audio_file(path: Path) -> AudioFile:
 def audio_loader(
     opts: DecodeOptions, preset: Preset, device: torch.device
 ) -> Callable[[], AudioModels]:
-    """Loads the audio VAE and vocoder on first call (only files with audio latents need them)."""
+    """Loads the sound decoder on first call (only files with audio latents need it)."""
     return functools.cache(lambda: load_audio(opts, preset, device))
 
 
 def load_audio(opts: DecodeOptions, preset: Preset, device: torch.device) -> AudioModels:
-    """The audio VAE decoder and vocoder, float32 on `device`, loaded strictly."""
+    """The preset's sound decoder (its audio VAE, and vocoder where it has one), float32 on
+    `device`, loaded strictly. A preset without sound gets LTX-2's (the `AudioPreset`
+    default)."""
     spec = preset.audio or AudioPreset()
-    vae_files, vae_cfg, vae_where = _locate(opts.audio_vae, opts.vae, spec.vae_subfolder, preset)
-    voc_files, voc_cfg, voc_where = _locate(opts.vocoder, opts.vae, spec.vocoder_subfolder, preset)
-    entries = open_tensors(vae_files)
-    cfg = _config(vae_cfg, (AUDIO_VAE_CLASS,), vae_where, AudioVaeConfig.from_diffusers)
-    with torch.device("meta"):
-        vae = AudioVaeDecoder(cfg or AudioVaeConfig())
-    load_strict(vae, entries, audio_vae_keys(entries), vae_where, device, torch.float32)
-
-    entries = open_tensors(voc_files)
-    mapping = vocoder_keys(entries)
-    bwe = (voc_cfg or {}).get("_class_name") == "LTX2VocoderWithBWE" or any(
-        k.startswith("bwe_generator.") for k in mapping.values()
-    )
-    vocoder: nn.Module
-    if bwe:
-        bcfg = _config(voc_cfg, VOCODER_CLASSES, voc_where, BweConfig.from_diffusers)
-        bcfg = bcfg or BweConfig.from_diffusers({})
-        with torch.device("meta"):
-            vocoder = BweVocoder(bcfg)
-        rate = bcfg.output_sampling_rate
-    else:
-        vcfg = _config(voc_cfg, VOCODER_CLASSES, voc_where, VocoderConfig.from_diffusers)
-        vcfg = vcfg or VocoderConfig(output_sampling_rate=spec.sample_rate)
-        with torch.device("meta"):
-            vocoder = Vocoder(vcfg)
-        rate = vcfg.output_sampling_rate
-    load_strict(vocoder, entries, mapping, voc_where, device, torch.float32)
-    vae.eval()
-    vocoder.eval()
-    return AudioModels(vae, vocoder, int(rate), f"{vae_where} + {voc_where}")
+    arch = get_sound(spec.architecture)
+    configs: dict[str, dict[str, Any] | None] = {}
+    weights: dict[str, Weights] = {}
+    where: dict[str, str] = {}
+    for part in arch.parts:
+        files, cfg, where[part.role] = _locate(part, opts, spec, preset, arch)
+        weights[part.role] = open_tensors(files)
+        configs[part.role] = _check_class(cfg, part, where[part.role])
+    try:
+        decoder, loads = arch.build(configs, weights)
+    except (KeyError, ValueError, TypeError) as e:
+        first = next(iter(where.values()))
+        raise WeightsError(f"{first}: bad audio model config ({e})") from None
+    for load, part in zip(loads, arch.parts, strict=False):
+        role = where[part.role]
+        load_strict(load.module, load.entries, load.mapping, role, device, torch.float32)
+    module = cast(nn.Module, decoder)
+    module.eval()
+    decoder.description = " + ".join(where.values())
+    return decoder
 
 
-def _config(
-    config: dict[str, Any] | None,
-    classes: tuple[str, ...],
-    where: str,
-    parse: Callable[[dict[str, Any]], Any],
-) -> Any:
+def _check_class(config: dict[str, Any] | None, part: Part, where: str) -> dict[str, Any] | None:
     if config is None:
         return None  # a single file: the release's architecture, checked by the strict load
     cls = config.get("_class_name")
-    if cls not in classes:
+    if cls not in part.classes:
         raise WeightsError(
-            f"{config.get('_source', where)}: config.json is {cls}, not {classes[0]}"
+            f"{config.get('_source', where)}: config.json is {cls}, not {part.classes[0]}"
         )
-    try:
-        return parse(config)
-    except (KeyError, ValueError, TypeError) as e:
-        raise WeightsError(
-            f"{config.get('_source', where)}: bad audio model config ({e})"
-        ) from None
+    return config
 
 
 def _locate(
-    explicit: str | None, vae: str | None, subfolder: str, preset: Preset
+    part: Part, opts: DecodeOptions, spec: AudioPreset, preset: Preset, arch: SoundArchitecture
 ) -> tuple[tuple[Path, ...], dict[str, Any] | None, str]:
-    """Files, config and a description for one audio model: `explicit` (a folder or file), else
-    `subfolder` of the pipeline folder --vae names (or of its parent, for `pipeline/vae`), a
-    whole checkpoint given as --vae, else the preset's hub repo."""
+    """Files, config and a description for one part: its option (--audio-vae / --vocoder: a
+    folder or file), else its subfolder of the pipeline folder --vae names (or of its parent,
+    for `pipeline/vae`), a whole checkpoint given as --vae, else the preset's hub repo."""
+    explicit = opts.audio_vae if part.role == "vae" else opts.vocoder
+    subfolder = spec.vae_subfolder if part.role == "vae" else spec.vocoder_subfolder
     if explicit is not None:
-        return _files_at(Path(explicit).expanduser(), f"--{subfolder.replace('_', '-')}")
+        return _files_at(Path(explicit).expanduser(), OPTION[part.role], part)
+    if subfolder is None:
+        raise UsageError(
+            f"the {preset.name} preset names no {part.role} folder; pass {OPTION[part.role]}"
+        )
+    vae = opts.vae
     if vae is not None:
         path = Path(vae).expanduser()
         if path.is_dir():
             for root in (path, path.parent):
                 if (root / subfolder).is_dir():
-                    return _files_at(root / subfolder, str(root / subfolder))
-        elif path.is_file() and _has_prefix(path, ("audio_vae.", "vocoder.")):
+                    return _files_at(root / subfolder, str(root / subfolder), part)
+        elif path.is_file() and _has_prefix(path, tuple(f"{f}." for f in _subfolders(spec))):
             return (path,), None, str(path)
         if path.exists():
+            options = " and ".join(OPTION[p.role] for p in arch.parts)
             raise WeightsError(
                 f"{path}: no {subfolder}/ beside the VAE for the audio latents; pass "
-                "--audio-vae and --vocoder (folders or files), or --no-audio"
+                f"{options} (folders or files), or --no-audio"
             )
     repo = vae if vae is not None and REPO_ID.match(vae) else preset.hub_repo
     try:
@@ -270,19 +262,26 @@ def _locate(
     return source.files, source.config, source.description
 
 
-def _files_at(path: Path, what: str) -> tuple[tuple[Path, ...], dict[str, Any] | None, str]:
+def _subfolders(spec: AudioPreset) -> tuple[str, ...]:
+    return tuple(f for f in (spec.vae_subfolder, spec.vocoder_subfolder) if f is not None)
+
+
+def _files_at(
+    path: Path, what: str, part: Part
+) -> tuple[tuple[Path, ...], dict[str, Any] | None, str]:
     if path.is_file():
         cfg_path = path.parent / "config.json"
         config = _read_config(cfg_path) if cfg_path.is_file() else None
-        classes = (AUDIO_VAE_CLASS, *VOCODER_CLASSES)
         return (
             (path,),
-            config if config and config.get("_class_name") in classes else None,
+            config if config and config.get("_class_name") in part.classes else None,
             str(path),
         )
     if not path.is_dir():
         raise WeightsError(f"{path}: no such audio model file or folder ({what})")
     files = _diffusers_files(path)
+    if not files and (path / RELEASE_WEIGHTS).is_file():
+        files = (path / RELEASE_WEIGHTS,)  # an original release's folder
     if not files:
         raise WeightsError(f"{path}: no diffusion_pytorch_model.safetensors here ({what})")
     cfg_path = path / "config.json"
@@ -301,11 +300,11 @@ def _has_prefix(path: Path, prefixes: tuple[str, ...]) -> bool:
 
 
 def decode_waveform(models: AudioModels, z: Tensor) -> np.ndarray:
-    """Audio latents `(1, C, L, bins)` → interleaved float32 samples `(N, channels)` in [-1, 1]."""
-    dev = next(models.vocoder.parameters()).device
+    """One clip's audio latents `(1, ...)` → interleaved float32 samples `(N, channels)` in
+    [-1, 1]."""
+    dev = next(models.parameters()).device
     with torch.inference_mode():
-        mel = models.vae(z.to(dev, torch.float32))
-        wave = models.vocoder(mel)
+        wave = models.waveform(z.to(dev, torch.float32))
     return wave[0].T.contiguous().cpu().numpy()
 
 
@@ -376,13 +375,11 @@ def audio_track(
     if load is None:
         raise UsageError("the preview decoder has no audio; pass --no-audio")
     models = load()
-    expected = models.vae.cfg.latent_channels
-    if source.tensor.shape[1] != expected:
-        raise InputError(
-            f"'{source.key}' has {source.tensor.shape[1]} channels; the audio VAE "
-            f"({models.description}) decodes {expected}"
-        )
-    samples = decode_waveform(models, source.tensor[batch : batch + 1])
+    clip = source.tensor[batch : batch + 1]
+    wrong = models.latent_error(tuple(clip.shape))
+    if wrong is not None:
+        raise InputError(f"'{source.key}' {wrong} ({models.description})")
+    samples = decode_waveform(models, clip)
     rate, channels = models.sample_rate, samples.shape[1]
     tmp = out.with_name(f".{out.name}.audio-{os.getpid()}.f32")
     try:
@@ -390,11 +387,13 @@ def audio_track(
         args = ("-f", "f32le", "-ar", str(rate), "-ac", str(channels))
         audio_seconds = samples.shape[0] / rate
         result = AudioResult(audio_seconds, rate, codec, source.key)
-        yield (
-            AudioTrack(tmp, args, codec, bitrate, seconds),
-            result,
-            (_fit_note(audio_seconds, seconds),),
-        )
+        if source.trim:
+            track = AudioTrack(tmp, args, codec, bitrate, seconds)
+            note = _fit_note(audio_seconds, seconds)
+        else:  # as the model's pipeline: the streams keep their own lengths
+            track = AudioTrack(tmp, args, codec, bitrate, audio_seconds)
+            note = _kept_note(audio_seconds, seconds)
+        yield track, result, (note,)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -407,3 +406,12 @@ def _fit_note(audio: float, video: float) -> str:
     if gap > 0:
         return f"{head}: audio padded with {gap:.3f} s of silence"
     return f"{head}: audio trimmed by {-gap:.3f} s"
+
+
+def _kept_note(audio: float, video: float) -> str:
+    gap = audio - video
+    head = f"audio {audio:.3f} s, video {video:.3f} s"
+    if abs(gap) < 5e-4:
+        return f"{head}: same length"
+    longer = "longer" if gap > 0 else "shorter"
+    return f"{head}: audio kept whole as the pipeline makes it ({abs(gap):.3f} s {longer})"

@@ -15,6 +15,7 @@ from latent2mp4.latents import (
     recorded_size,
     written_by_comfyui,
 )
+from latent2mp4.models.registry import get_sound
 from latent2mp4.packed import VideoSize, latent_dims
 from latent2mp4.presets import LAYOUT_AXES, Preset, builtin_presets
 
@@ -85,12 +86,14 @@ def describe_file(path: Path, own: Preset | None = None) -> dict[str, Any]:
         if p.audio is None or p.audio.key not in tensors:
             continue
         shape = tensors[p.audio.key][1]
+        arch = get_sound(p.audio.architecture)
+        short = arch.rank - len(shape)  # 1: one clip without its batch dimension
         secs = (
-            "not (B,C,L,bins)"
-            if len(shape) != 4
+            f"not {arch.form.split(' as ')[0]}"
+            if short not in ((0, 1) if arch.unbatched else (0,))
             else "empty"
             if 0 in shape
-            else f"{latent_seconds(p.audio, shape[2]):.2f} s"
+            else f"{latent_seconds(p.audio, shape[arch.time_axis - short]):.2f} s"
         )
         audio.append((p.name, p.audio.key, str(tuple(shape)), secs))
     return {

@@ -12,7 +12,7 @@ import yaml
 from latent2mp4.clips import ClipPlan
 from latent2mp4.engine import TileGrid
 from latent2mp4.errors import UsageError
-from latent2mp4.models.registry import get_family
+from latent2mp4.models.registry import get_family, get_sound
 from latent2mp4.normalization import Normalization
 
 # Inside the package, so an installed wheel has them; the repository's configs/ links here.
@@ -49,13 +49,17 @@ class Tiny:
 
 @dataclass(frozen=True)
 class AudioPreset:
-    """A model that generates sound too (LTX-2): where its audio latents and weights are."""
+    """A model that generates sound too: which decoder its audio latents need (`architecture`,
+    a module under latent2mp4.models exporting SOUND) and where they and its weights are."""
 
+    architecture: str = "ltx2"
     key: str = "audio_latents"  # tensor name in latent files
     vae_subfolder: str = "audio_vae"  # in the hub repo or a pipeline folder
-    vocoder_subfolder: str = "vocoder"
-    sample_rate: int = 24000  # vocoder output (Hz); the vocoder's config.json wins
-    mel_rate: float = 100.0  # mel frames per second (analysis rate / hop): durations for `info`
+    vocoder_subfolder: str | None = "vocoder"  # None: the architecture has no vocoder
+    sample_rate: int = 24000  # output (Hz) for `info`; the weights' config.json wins
+    mel_rate: float = 100.0  # LTX-2: mel frames per second (analysis rate / hop)
+    samples_per_latent: int = 0  # others: output samples per latent frame (the decoder's hop)
+    trim: bool = True  # pad or trim the sound to the video; False: keep it as decoded
 
     @classmethod
     def from_mapping(cls, d: Any) -> AudioPreset:
@@ -66,8 +70,12 @@ class AudioPreset:
         if unknown:
             raise ValueError(f"unknown audio keys {sorted(unknown)}; known: {sorted(names)}")
         a = cls(**d)
-        if a.sample_rate <= 0 or a.mel_rate <= 0:
+        if a.sample_rate <= 0 or a.mel_rate <= 0 or a.samples_per_latent < 0:
             raise ValueError("audio sample_rate and mel_rate must be positive")
+        try:
+            get_sound(a.architecture)
+        except LookupError:
+            raise ValueError(f"unknown audio architecture {a.architecture!r}") from None
         return a
 
 

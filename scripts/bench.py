@@ -10,6 +10,7 @@
     python scripts/bench.py --mode tiny --dtypes fp32 --frames 21 --size 60,104  # full vs tiny
     python scripts/bench.py --mode audio --seconds 5   # LTX-2 sound: what audio adds to a decode
     python scripts/bench.py --families minimax-h3 --blocks 4   # H3 ViT at 2048 wide, 4 of 36 blocks
+    python scripts/bench.py --mode sound --seconds 10  # K6, Cosmos 3, H3 sound vs diffusers
 
 Setup, cached in --workdir (default out/bench/): each family's real-size default diffusers VAE
 (`AutoencoderKL*()` defaults; Wan 2.2 with the TI2V-5B arguments) with seeded default-init weights,
@@ -48,6 +49,7 @@ repeat through a pipeline folder (vae/, audio_vae/, vocoder/): its latent file a
 `audio_latents` as long as the video; the difference is what sound adds end to end (audio VAE,
 vocoder, the temporary audio file and the AAC encode inside the FFmpeg process that receives the
 frames).
+Sound mode: see scripts/bench_sound.py.
 """
 
 from __future__ import annotations
@@ -791,8 +793,18 @@ def main() -> None:
         for opt in ("--tool", "--models", "--latents", "--device", "--out", "--result"):
             ap.add_argument(opt, required=True)
         return audio_child(ap.parse_args(sys.argv[2:]))
+    if sys.argv[1:2] == ["_sound"]:
+        from bench_sound import child as sound_child
+
+        ap = argparse.ArgumentParser(prog="bench.py _sound")
+        for opt in ("--tool", "--sound", "--models", "--latents", "--device", "--out", "--result"):
+            ap.add_argument(opt, required=True)
+        return sound_child(ap.parse_args(sys.argv[2:]))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--mode", choices=("speed", "scale", "input", "tiny", "audio"), default="speed")
+    modes_all = ("speed", "scale", "input", "tiny", "audio", "sound")
+    ap.add_argument("--mode", choices=modes_all, default="speed")
+    ap.add_argument("--sounds", type=csv, default=["mmaudio", "cosmos3", "h3"],
+                    help="sound mode: mmaudio,cosmos3,h3")  # fmt: skip
     ap.add_argument("--decoders", type=csv, default=list(DECODERS), help="input mode: preview,vae")
     ap.add_argument("--seconds", type=float, default=5.0, help="audio mode: clip length")
     ap.add_argument("--families", type=csv, help="default: all (scale: wan)")
@@ -836,7 +848,10 @@ def main() -> None:
         f"diffusers {mach['diffusers']}, Python {mach['python']}, {mach['os']}"
     )
     print(f"machine: {desc}\ncommand: {command}", flush=True)
-    modes = {"speed": speed, "scale": scale, "input": input_scale, "tiny": tiny, "audio": audio}
+    from bench_sound import sound
+
+    modes = {"speed": speed, "scale": scale, "input": input_scale, "tiny": tiny, "audio": audio,
+             "sound": sound}  # fmt: skip
     rows, table = modes[args.mode](args, workdir)
     stems = {"speed": "results", "scale": "memory_scaling", "input": "input_scaling"}
     stem = stems.get(args.mode, args.mode)
@@ -851,6 +866,12 @@ def main() -> None:
             "All three are latent2mp4 (`--decoder vae/tiny/preview`), medians of alternating runs; "
             "wall: load + read + decode + write (imports excluded). MACs counted on the meta "
             "device. Random weights: timing only."
+        )
+    if args.mode == "sound":
+        notes = (
+            "wall: load the models + read latents + decode to a waveform (median; imports "
+            "excluded), fp32; sound s per s = seconds of sound per second of wall. Random "
+            "weights: timing only."
         )
     if args.mode == "audio":
         notes = (

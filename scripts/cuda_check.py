@@ -130,6 +130,63 @@ def ours(folder: Path, model: str, z: torch.Tensor, dtype: torch.dtype, **kw: An
         return torch.cat(list(decode_stream(dec, z, device=CUDA, dtype=dtype, **kw)), dim=2)
 
 
+def sound_checks(report: Any) -> None:
+    """Kandinsky 6, Cosmos 3 and MiniMax-H3 sound on CUDA (whole and in windows) against
+    diffusers on CUDA, fp32."""
+    import dataclasses
+
+    from tiny_sound import (
+        cosmos3_reference,
+        h3_reference,
+        make_tiny_cosmos3_audio,
+        make_tiny_h3_audio,
+        make_tiny_mmaudio,
+        mmaudio_reference,
+    )
+
+    from latent2mp4.presets import AudioPreset
+
+    g = torch.Generator().manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        vae, voc = make_tiny_mmaudio(root / "k6")
+        make_tiny_cosmos3_audio(root / "c3" / "sound_tokenizer")
+        h3 = make_tiny_h3_audio(root / "h3" / "audio_vae")
+        cases = [
+            ("kandinsky6 mmaudio", root / "k6", AudioPreset(architecture="mmaudio"),
+             torch.randn(1, 6, 60, generator=g), lambda z: mmaudio_reference(vae, voc, z)),
+            ("cosmos3 tokenizer", root / "c3", AudioPreset(
+                architecture="cosmos3-audio", vae_subfolder="sound_tokenizer",
+                vocoder_subfolder=None), torch.randn(1, 6, 60, generator=g), None),
+            ("minimax-h3 audio", root / "h3", AudioPreset(
+                architecture="minimax-h3-audio", vocoder_subfolder=None),
+             torch.randn(1, 2, 4, 60, generator=g), lambda z: h3_reference(h3, z[0])),
+        ]  # fmt: skip
+        tok = None
+        for name, folder, spec, z, ref in cases:
+            preset = dataclasses.replace(load_preset("wan"), audio=spec)
+            sound = load_audio(DecodeOptions(vae=str(folder)), preset, CUDA)
+            if ref is None:
+                from diffusers import Cosmos3AVAEAudioTokenizer
+
+                tok = Cosmos3AVAEAudioTokenizer.from_pretrained(folder / "sound_tokenizer")
+                tok = tok.to(CUDA).eval()
+                ref = lambda z, tok=tok: cosmos3_reference(tok, z[0])[None]  # noqa: E731
+            else:
+                for m in (vae, voc, h3):
+                    m.to(CUDA)
+            zc = z.to(CUDA)
+            with torch.no_grad():
+                want = ref(zc)
+                got = sound.waveform(zc)
+                sound.chunk_frames = 7
+                windows = sound.waveform(zc)
+            diff = (got - want).abs().max().item()
+            report(f"{name} fp32 cuda waveform max abs", diff, diff <= 3e-4)
+            diff = (windows - got).abs().max().item()
+            report(f"{name} cuda windows vs whole max abs", diff, diff <= 1e-6)
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA device")
@@ -221,6 +278,7 @@ def main() -> int:
             diff = (got - ref).abs().max().item()
             name = "bwe vocoder" if bwe else "vocoder"
             report(f"audio VAE + {name} fp32 cuda waveform max abs", diff, diff <= PARITY)
+    sound_checks(report)
     # A non-finite chunk on CUDA (the pinned-copy path of to_frames) stops before its frames.
     from latent2mp4.errors import DecodeError
     from latent2mp4.frames import to_frames

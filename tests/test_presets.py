@@ -20,6 +20,8 @@ FPS = {
     "hunyuan1.5": 15,
     "ltx": 24,
     "ltx2": 24,
+    "kandinsky6": 24,
+    "cosmos3": 24,
     "minimax-h3": 24,
 }
 

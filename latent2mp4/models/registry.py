@@ -1,12 +1,14 @@
 """Family name → its module, by convention: a preset's `family: hunyuan1.5` is the module (or
 package) `latent2mp4.models.hunyuan15`, which exports its `Family` record as `FAMILY`. A new family
-is its module plus a preset; nothing here lists them."""
+is its module plus a preset; nothing here lists them. Sound architectures (a preset's
+`audio: architecture`) are found the same way and export `SOUND`."""
 
 from __future__ import annotations
 
 import importlib
 
 from latent2mp4.models.family import Family
+from latent2mp4.models.sound import SoundArchitecture
 
 
 def module_name(family: str) -> str:
@@ -16,13 +18,26 @@ def module_name(family: str) -> str:
 
 def get_family(name: str) -> Family:
     """The `Family` record of `name` (a preset's `family` field); LookupError when none is."""
+    family = _record(name, "FAMILY")
+    if not isinstance(family, Family) or family.name != name:
+        raise LookupError(f"{module_name(name)} exports no FAMILY named {name!r}")
+    return family
+
+
+def get_sound(name: str) -> SoundArchitecture:
+    """The `SoundArchitecture` record of `name` (a preset's `audio: architecture`), found the
+    same way; LookupError when none is."""
+    sound = _record(name, "SOUND")
+    if not isinstance(sound, SoundArchitecture) or sound.name != name:
+        raise LookupError(f"{module_name(name)} exports no SOUND named {name!r}")
+    return sound
+
+
+def _record(name: str, attr: str) -> object:
     module = module_name(name)
     try:
-        family = getattr(importlib.import_module(module), "FAMILY", None)
+        return getattr(importlib.import_module(module), attr, None)
     except ModuleNotFoundError as e:
         if e.name is not None and module.startswith(e.name):
-            raise LookupError(f"no family module {module}") from None
+            raise LookupError(f"no module {module}") from None
         raise
-    if not isinstance(family, Family) or family.name != name:
-        raise LookupError(f"{module} exports no FAMILY named {name!r}")
-    return family

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latent2mp4.models.bigvgan import AntiAliased, Snake
+
 __all__ = ["BweConfig", "BweVocoder", "Vocoder", "VocoderConfig", "rename_keys"]
 
 # Original LTX-2 checkpoint names → diffusers names (convert_ltx2_to_diffusers.py).
@@ -138,88 +140,6 @@ def rename_keys(keys: Iterable[str]) -> dict[str, str]:
         head, dot, rest = name.partition(".")
         out[key] = ORIGINAL_NAMES.get(head + dot, head + dot) + rest
     return out
-
-
-# ---- anti-aliased activations (BigVGAN) ------------------------------------------------------
-
-
-def kaiser_sinc(ratio: int, size: int) -> Tensor:
-    """Low-pass kernel for x`ratio` resampling: cutoff 0.5/ratio, transition 0.6/ratio."""
-    cutoff, half_width = 0.5 / ratio, 0.6 / ratio
-    half = size // 2
-    att = 2.285 * (half - 1) * math.pi * 4 * half_width + 7.95  # Kaiser's attenuation formula
-    if att > 50:
-        beta = 0.1102 * (att - 8.7)
-    elif att >= 21:
-        beta = 0.5842 * (att - 21) ** 0.4 + 0.07886 * (att - 21)
-    else:
-        beta = 0.0
-    window = torch.kaiser_window(size, periodic=False, beta=beta)
-    t = torch.arange(-half, half) + 0.5 if size % 2 == 0 else torch.arange(size) - half
-    taps = 2 * cutoff * window * torch.sinc(2 * cutoff * t)
-    return (taps / taps.sum()).view(1, 1, size)
-
-
-class Up(nn.Module):
-    """x`ratio` upsampling by a transposed low-pass conv, edges replicated."""
-
-    filter: Tensor
-
-    def __init__(self, ratio: int, size: int) -> None:
-        super().__init__()
-        self.ratio, self.pad = ratio, size // ratio - 1
-        self.crop = (
-            self.pad * ratio + (size - ratio) // 2,
-            self.pad * ratio + (size - ratio + 1) // 2,
-        )
-        self.register_buffer("filter", kaiser_sinc(ratio, size))
-
-    def forward(self, x: Tensor) -> Tensor:
-        c = x.shape[1]
-        x = F.pad(x, (self.pad, self.pad), mode="replicate")
-        x = F.conv_transpose1d(x, self.filter.expand(c, -1, -1), stride=self.ratio, groups=c)
-        return (self.ratio * x)[..., self.crop[0] : x.shape[-1] - self.crop[1]]
-
-
-class Down(nn.Module):
-    """Low-pass then keep every `ratio`-th sample, edges replicated."""
-
-    filter: Tensor
-
-    def __init__(self, ratio: int, size: int) -> None:
-        super().__init__()
-        self.ratio, self.pad = ratio, (size // 2 + size % 2 - 1, size // 2)
-        self.register_buffer("filter", kaiser_sinc(ratio, size))
-
-    def forward(self, x: Tensor) -> Tensor:
-        c = x.shape[1]
-        x = F.pad(x, self.pad, mode="replicate")
-        return F.conv1d(x, self.filter.expand(c, -1, -1), stride=self.ratio, groups=c)
-
-
-class Snake(nn.Module):
-    """x + sin²(αx)/β with per-channel log-scale α, β (β = α when `beta` is False)."""
-
-    def __init__(self, channels: int, beta: bool) -> None:
-        super().__init__()
-        self.alpha = nn.Parameter(torch.zeros(channels))
-        self.beta = nn.Parameter(torch.zeros(channels)) if beta else None
-
-    def forward(self, x: Tensor) -> Tensor:
-        alpha = self.alpha.exp()[:, None]
-        amp = alpha if self.beta is None else self.beta.exp()[:, None]
-        return x + torch.sin(x * alpha).square() / (amp + 1e-9)
-
-
-class AntiAliased(nn.Module):
-    """An activation run at `ratio` x the rate: upsample, act, downsample."""
-
-    def __init__(self, act: nn.Module, ratio: int, size: int) -> None:
-        super().__init__()
-        self.upsample, self.act, self.downsample = Up(ratio, size), act, Down(ratio, size)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.downsample(self.act(self.upsample(x)))
 
 
 def activation(cfg: VocoderConfig, channels: int) -> nn.Module:
