@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from test_presets_extra import pipeline_source, tiny_vae
 
 import latent2mp4
 from latent2mp4.presets import load_preset
 from latent2mp4.video import read_video
+
+from test_presets_extra import pipeline_source, tiny_vae
 
 SOURCE = "helios/pipeline_helios.py"
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_sd import make_tiny_sd, to_ldm
 
 from latent2mp4.engine import TileGrid, decode_stream
 from latent2mp4.models.sd.decoder import SDConfig, SDDecoder, detect, rename_keys
@@ -20,6 +19,7 @@ from latent2mp4.video import read_video
 from latent2mp4.weights import load_vae, resolve_vae
 
 from conftest import assert_one_line_error
+from tiny_sd import make_tiny_sd, to_ldm
 
 PARITY = 1e-4
 

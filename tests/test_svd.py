@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_sd import make_tiny_svd, to_ldm
 
 from latent2mp4.engine import Segments, TileGrid, decode_stream
 from latent2mp4.models.svd import SVDConfig, SVDDecoder, detect, rename_keys
 from latent2mp4.presets import load_preset
 from latent2mp4.video import read_video
 from latent2mp4.weights import load_vae, resolve_vae
+
+from tiny_sd import make_tiny_svd, to_ldm
 
 PARITY = 1e-4
 
