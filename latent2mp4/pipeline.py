@@ -265,18 +265,26 @@ def plan_latents(lf: LatentFile, opts: DecodeOptions, root: Path | None = None) 
         if opts.decoder == "preview"
         else pick_dtype(opts.dtype, device, preset, opts.lossless)
     )
-    grid, tiling_note = choose_grid(
-        preset,
-        (lh, lw),
-        device,
-        dtype,
-        path,
-        tile_size=opts.tile_size,
-        tile_stride=opts.tile_stride,
-        no_tile=opts.no_tile,
-        preview=opts.decoder == "preview",
-        bytes_per_pixel=_bytes_per_pixel(preset, opts, sel.view.shape[3]),
-    )
+    try:
+        grid, tiling_note = choose_grid(
+            preset,
+            (lh, lw),
+            device,
+            dtype,
+            path,
+            tile_size=opts.tile_size,
+            tile_stride=opts.tile_stride,
+            no_tile=opts.no_tile,
+            preview=opts.decoder == "preview",
+            bytes_per_pixel=_bytes_per_pixel(preset, opts, sel.view.shape[3]),
+        )
+    except InputError as e:
+        if preset.segments is None or not preset.whole_clip:
+            raise
+        # A window's frames are decoded in one call: fewer frames per window is the other lever.
+        raise InputError(
+            f"{e} (--decode-chunk-size N decodes N frames per window, as the pipeline's argument)"
+        ) from None
     notes += (tiling_note,) if tiling_note else ()
     if slow := slow_dtype_note(dtype, device):  # preview decodes in fp32: never said
         notes += (slow,)

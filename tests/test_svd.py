@@ -208,3 +208,14 @@ def test_python_api_window(tiny) -> None:
     assert (decoder.decode(z) - expected).abs().max().item() <= PARITY
     whole = decode_latents(vae, 1 / scale * z, None)
     assert (decoder.decode(z, decode_chunk_size=4) - whole).abs().max().item() <= PARITY
+
+
+def test_bad_decode_chunk_size_is_a_usage_error(tiny, tmp_path, cli) -> None:
+    from conftest import assert_one_line_error
+
+    _, _, folder = tiny
+    save_file({"latents": torch.randn(1, 3, 4, 2, 2)}, str(tmp_path / "z.safetensors"))
+    run = cli("decode", tmp_path / "z.safetensors", "-m", "svd", "--vae", folder,
+              "--decode-chunk-size", "0", "-o", tmp_path / "o.mp4")  # fmt: skip
+    assert_one_line_error(run, 2, "--decode-chunk-size must be at least 1")
+    assert not (tmp_path / "o.mp4").exists()
