@@ -375,12 +375,13 @@ def infer_layout(
 ) -> tuple[str, str | None]:
     """The layout of `(S, B, ?, ?, h, w)`, and a note when it is not the expected one.
 
-    Expected: ComfyUI's (B, C, F, H, W) for its files, else the preset's. The other layout is taken
+    Expected: the preset's ComfyUI layout for ComfyUI's files (B, C, F, H, W; a batch of frames
+    for image VAEs), else the preset's. The other layout is taken
     only when it alone gives the model's channel count (a CogVideoX latent saved channels-first, a
     Wan latent saved frames-first), so an unambiguous file never needs --layout. `channels`: the
     VAE's count where one is given, else the preset's.
     """
-    expected = "BCFHW" if comfy else preset.layout
+    expected = preset.comfy_layout if comfy else preset.layout
     other = "BFCHW" if expected == "BCFHW" else "BCFHW"
     found = {name: shape[2 + axes.index("C")] for name, axes in LAYOUT_AXES.items()}
     c = preset.latent_channels if channels is None else channels

@@ -57,6 +57,9 @@ class DecodeOptions:
     decode_timestep: float | None = None
     decode_noise_scale: float | None = None
     seed: int = 0  # decode noise seed (batch element b uses seed + b)
+    # Latent frames per independently decoded window, for presets whose pipeline splits the
+    # decode (SVD's decode_chunk_size, Helios' chunks); None: the preset's (SVD: the whole clip)
+    decode_chunk_size: int | None = None
 
     def __post_init__(self) -> None:
         # Library callers pass plain strings as often as Paths; everything downstream wants Paths.

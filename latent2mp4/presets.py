@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
 from latent2mp4.clips import ClipPlan
-from latent2mp4.engine import TileGrid
+from latent2mp4.engine import Segments, TileGrid
 from latent2mp4.errors import UsageError
 from latent2mp4.models.registry import get_family, get_sound
 from latent2mp4.normalization import Normalization
@@ -108,6 +108,9 @@ class Preset:
     # output_type="latent" space, and ComfyUI's .latent space.
     pipeline_latent_space: str = "model"
     comfy_latent_space: str = "vae"
+    # The axis order of ComfyUI files: (B, C, F, H, W), or for image VAEs (SD, SVD) a batch of
+    # frames (F, C, H, W), which a 4-D array reads as (1, F, C, H, W).
+    comfy_layout: Layout = "BCFHW"
     # The pipeline returns packed tokens (B, F*H*W, C) that --num-frames/--height/--width unpack
     packed: bool = False
     decode_timestep: float = 0.0  # timestep-conditioned decoders only
@@ -127,19 +130,41 @@ class Preset:
             return None
         return ClipPlan(self.clips[0], self.clips[1], self.temporal_ratio)
 
+    # The pipeline decodes independent segments of latent frames (SVD's decode_chunk_size
+    # windows, Helios' chunks); None: one clip. `--decode-chunk-size` sets their length.
+    segments: Segments | None = None
+
     @property
     def tiny_variant(self) -> tuple[int, int, int]:
         """(latent channels, patch size, temporal upscale) a tiny decoder for this preset has:
         three x2 spatial stages times the patch make the spatial ratio."""
         return self.latent_channels, self.spatial_ratio // 8, self.temporal_ratio
 
-    def frames_out(self, t: int) -> int:
-        """Frames the real VAE decodes from `t` latent frames."""
+    def frames_out(self, t: int, window: int | None = None) -> int:
+        """Frames the real VAE decodes from `t` latent frames (in the pipeline's segments of
+        `window` latent frames where it has them; None: the preset's own length)."""
+        segments = self.segment_ranges(t, window)
+        if segments is None:
+            return self._clip_frames(t)
+        total = sum(self._clip_frames(b - a) for a, b in segments)
+        if self.segments is not None and self.segments.trim == "causal" and total:
+            r = self.temporal_ratio
+            total = (total - 1) // r * r + 1
+        return total
+
+    def _clip_frames(self, t: int) -> int:
         if (plan := self.clip_plan) is not None:
             return plan.frames_out(t)
         if self.frames_rule == "paired" and t % 2 == 0:
             return self.temporal_ratio * t
         return 1 + self.temporal_ratio * (t - 1)
+
+    def segment_ranges(self, t: int, window: int | None = None) -> list[tuple[int, int]] | None:
+        """The latent ranges the pipeline decodes as separate clips; None without segments."""
+        if self.segments is None:
+            return None
+        seg = self.segments if window is None else replace(self.segments, frames=window)
+        return seg.ranges(t)
 
     @classmethod
     def from_yaml(cls, path: Path) -> Preset:
@@ -185,6 +210,7 @@ class Preset:
                 whole_clip=bool(d.get("memory", {}).get("whole_clip", False)),
                 pipeline_latent_space=str(d.get("latent_space", {}).get("pipeline", "model")),
                 comfy_latent_space=str(d.get("latent_space", {}).get("comfyui", "vae")),
+                comfy_layout=d.get("latent_space", {}).get("comfyui_layout", "BCFHW"),
                 packed=bool(d.get("packed", False)),
                 decode_timestep=float(d.get("decode", {}).get("timestep", 0.0)),
                 decode_noise_scale=_optional_float(d.get("decode", {}).get("noise_scale")),
@@ -193,6 +219,7 @@ class Preset:
                 clips=_clips(d.get("clips")),
                 tile_cover=bool(d["tiling"].get("cover", False)),
                 tile_always=bool(d["tiling"].get("always", False)),
+                segments=_segments(d["segments"]) if "segments" in d else None,
             )
         except KeyError as e:
             raise UsageError(f"{path}: preset is missing the key {e}") from None
@@ -203,6 +230,8 @@ class Preset:
 
     def _check(self) -> None:
         where = self.source or self.name
+        if self.comfy_layout not in LAYOUT_AXES:
+            raise UsageError(f"{where}: comfyui_layout must be one of {', '.join(LAYOUT_AXES)}")
         if self.layout not in LAYOUT_AXES:
             raise UsageError(
                 f"{where}: layout must be one of {', '.join(LAYOUT_AXES)}, not {self.layout}"
@@ -255,8 +284,19 @@ class Preset:
 PRESET_KEYS = frozenset(
     "name aliases description family latent_channels spatial_ratio temporal_ratio layout "
     "frames_rule fps normalization hub tiling dtype preview memory front_pad_multiple tiny "
-    "latent_space packed decode audio clips".split()
+    "latent_space packed decode audio clips segments".split()
 )
+
+
+def _segments(d: Any) -> Segments:
+    if not isinstance(d, dict) or set(d) - {"frames", "align", "trim"}:
+        raise ValueError("segments takes frames, align and trim")
+    frames = d.get("frames")
+    return Segments(
+        frames=None if frames is None else _whole(frames),
+        align=str(d.get("align", "start")),
+        trim=str(d.get("trim", "none")),
+    )
 
 
 def _whole(v: Any) -> int:

@@ -17,6 +17,9 @@ fp32 on the CPU (LSB), fp16 on CUDA against that (PSNR), and `decode_file(--deco
 MiniMax-H3 (tiny ViT, 24 channels): fp32 on CUDA against diffusers on CUDA (+ the pipeline's
 ImageNet pixel step), in the release's covering tiles and untiled, two clips; `decode_file` on CUDA
 lossless against the pipeline's frames; bf16 on CUDA against our fp32 (PSNR).
+SD image VAE (animatediff) and SVD's temporal decoder: fp32 on CUDA against the pipelines'
+decode_latents on CUDA (SD untiled and tiled, SVD for windows of 2 and the whole clip), and
+`decode_file` on CUDA lossless (LSB) and bf16 (PSNR).
 Sound (LTX-2 audio VAE + vocoder, and the bandwidth-extension vocoder): our waveform on CUDA
 against diffusers' chain on CUDA, max abs.
 Prints one line per check and exits 1 if any exceeds its bound.
@@ -41,7 +44,7 @@ from tiny_minimax_h3 import make_tiny_h3  # noqa: E402
 
 from latent2mp4 import DecodeOptions, decode_file, load_preset, save_latents  # noqa: E402
 from latent2mp4.audio import load_audio  # noqa: E402
-from latent2mp4.engine import TileGrid, decode_stream  # noqa: E402
+from latent2mp4.engine import Segments, TileGrid, decode_stream  # noqa: E402
 from latent2mp4.models.ltx.stack import Conditioned  # noqa: E402
 from latent2mp4.video import read_video  # noqa: E402
 from latent2mp4.weights import load_vae, resolve_vae  # noqa: E402
@@ -52,6 +55,7 @@ from tiny_hunyuan15 import make_tiny_hunyuan15  # noqa: E402
 from tiny_ltx import make_tiny_ltx  # noqa: E402
 from tiny_ltx2_audio import make_tiny_audio_vae, make_tiny_vocoder  # noqa: E402
 from tiny_mochi import make_tiny_mochi  # noqa: E402
+from tiny_sd import make_tiny_sd, make_tiny_svd  # noqa: E402
 from tiny_wan import make_tiny_wan  # noqa: E402
 
 PARITY = 1e-4
@@ -265,6 +269,7 @@ def main() -> int:
     tiny_checks(report)
     genmo_check(report)
     h3_checks(report)
+    sd_checks(report)
     for bwe in (False, True):
         with tempfile.TemporaryDirectory() as tmp:
             vae = make_tiny_audio_vae(Path(tmp) / "a").to(CUDA)
@@ -356,6 +361,68 @@ def h3_checks(report: Callable[..., None]) -> None:
                                        lossless=True, out=bf16))  # fmt: skip
         p = psnr(read_video(bf16)[0], frames_out)
         report("minimax-h3 bf16 cuda vs our fp32 PSNR", p, p >= 30, " dB")
+
+
+def sd_checks(report: Callable[..., None]) -> None:
+    """animatediff (frames as a batch through AutoencoderKL) and svd (decode_chunk_size windows
+    with num_frames) on CUDA against the diffusers pipelines' decode_latents on CUDA."""
+    g = torch.Generator().manual_seed(0)
+    for model in ("animatediff", "svd"):
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "vae"
+            vae = make_tiny_sd(folder, "sd") if model == "animatediff" else make_tiny_svd(folder)
+            vae = vae.to(CUDA)
+            z = torch.randn(1, 4, 5, 13, 10, generator=g)  # (B, C, F, h, w) VAE space
+            flat = z.transpose(1, 2).flatten(0, 1).to(CUDA)
+            preset = load_preset(model)
+            dec: Any = load_vae(resolve_vae(str(folder), preset), preset, CUDA, torch.float32)
+            windows = [None] if model == "animatediff" else [None, 2]
+            for tiled in (False, True) if model == "animatediff" else (False,):
+                for window in windows:
+                    with torch.no_grad():
+                        if model == "animatediff":
+                            vae.enable_tiling() if tiled else vae.disable_tiling()
+                            ref = vae.decode(flat).sample
+                        else:
+                            n = window or 5
+                            ref = torch.cat([vae.decode(flat[i : i + n], num_frames=len(
+                                flat[i : i + n])).sample for i in range(0, 5, n)])  # fmt: skip
+                    ref = ref.reshape(1, 5, *ref.shape[1:]).transpose(1, 2).float()
+                    grid = TileGrid.from_pixels((64, 64), (48, 48), 8) if tiled else None
+                    segments = Segments(window).ranges(5)
+                    with torch.inference_mode():
+                        chunks = decode_stream(dec.decoder, z, grid, CUDA, torch.float32,
+                                               max_chunk_frames=4, segments=segments)  # fmt: skip
+                        got = torch.cat(list(chunks), dim=2)
+                    diff = (got - ref).abs().max().item()
+                    what = "tiled" if tiled else "whole"
+                    what = f"window {window or 'all'}" if model == "svd" else what
+                    report(f"{model} fp32 cuda {what} max abs", diff, diff <= PARITY)
+            if model == "animatediff":
+                vae.disable_tiling()
+            src, out = Path(tmp) / "z.safetensors", Path(tmp) / "out.mkv"
+            scale = vae.config.scaling_factor
+            stored = (z * scale).transpose(1, 2).contiguous() if model == "svd" else z * scale
+            save_latents(src, stored, model=model, latent_space="model")
+            opts = DecodeOptions(vae=str(folder), device="cuda", dtype="fp32", lossless=True,
+                                 no_tile=True, out=out)  # fmt: skip
+            decode_file(src, opts)
+            with torch.no_grad():
+                zz = 1 / scale * stored.to(CUDA)
+                if model == "svd":
+                    ref = vae.decode(zz.flatten(0, 1), num_frames=5).sample
+                else:
+                    ref = vae.decode(zz.transpose(1, 2).flatten(0, 1)).sample
+            video = (ref.float().cpu() / 2 + 0.5).clamp(0, 1)
+            expected = (video.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+            frames_out = read_video(out)[0]
+            lsb = int(np.abs(frames_out.astype(int) - expected.astype(int)).max())
+            report(f"{model} decode_file cuda lossless vs pipeline frames", lsb, lsb <= 1, " LSB")
+            bf16 = Path(tmp) / "bf16.mkv"
+            decode_file(src, DecodeOptions(vae=str(folder), device="cuda", dtype="bf16",
+                                           lossless=True, no_tile=True, out=bf16))  # fmt: skip
+            p = psnr(read_video(bf16)[0], frames_out)
+            report(f"{model} bf16 cuda vs our fp32 PSNR", p, p >= 30, " dB")
 
 
 def tiny_checks(report: Callable[..., None]) -> None:
