@@ -33,7 +33,7 @@ from latent2mp4.latents import (
 from latent2mp4.memory import return_large_buffers_to_the_os
 from latent2mp4.models.family import Conditioning, NoiseMix
 from latent2mp4.models.preview import PreviewDecoder
-from latent2mp4.models.tiny.taehv import load_tiny
+from latent2mp4.models.tiny.loader import load_tiny
 from latent2mp4.pipeline import (
     DecodeOptions,
     Job,

@@ -27,7 +27,7 @@ from latent2mp4.latents import (
 from latent2mp4.memory import chunk_frames, return_large_buffers_to_the_os
 from latent2mp4.models.family import TimestepSettings
 from latent2mp4.models.registry import get_family
-from latent2mp4.models.tiny.taehv import TINY_BYTES_PER_PIXEL, download_hint
+from latent2mp4.models.tiny.loader import TINY_BYTES_PER_PIXEL, download_hint
 from latent2mp4.packed import VideoSize
 from latent2mp4.presets import Preset, builtin_presets, load_preset
 from latent2mp4.tiling import choose_grid, tile_grid

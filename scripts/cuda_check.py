@@ -234,7 +234,8 @@ def main() -> int:
 def tiny_checks(report: Callable[..., None]) -> None:
     from safetensors.torch import save_file
 
-    from latent2mp4.models.tiny.taehv import TinyConfig, TinyDecoder, load_tiny
+    from latent2mp4.models.tiny.loader import load_tiny
+    from latent2mp4.models.tiny.taehv import TinyConfig, TinyDecoder
 
     cases = [
         ("wan", TinyConfig()),

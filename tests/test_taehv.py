@@ -24,7 +24,8 @@ from safetensors.torch import load_file, save_file
 
 from latent2mp4.engine import TileGrid, decode_stream
 from latent2mp4.latents import denormalise
-from latent2mp4.models.tiny.taehv import TinyConfig, TinyDecoder, load_tiny
+from latent2mp4.models.tiny.loader import load_tiny
+from latent2mp4.models.tiny.taehv import TinyConfig, TinyDecoder
 from latent2mp4.presets import CONFIG_DIR, load_preset
 from latent2mp4.video import read_video
 
@@ -336,7 +337,7 @@ def test_not_a_tiny_checkpoint_is_one_line(tmp_path: Path, cli) -> None:
     save_file(sd, str(tmp_path / "broken.safetensors"))
     save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     save_file({"latents": latents((1, 16, 2, 4, 4))}, str(tmp_path / "z.safetensors"))
-    for vae, what in (("broken", "decoder.4.conv.2.bias"), ("other", "not a taehv")):
+    for vae, what in (("broken", "decoder.4.conv.2.bias"), ("other", "not a tiny autoencoder")):
         run = cli(
             "decode", tmp_path / "z.safetensors", "-m", "wan", "--decoder", "tiny",
             "--vae", tmp_path / f"{vae}.safetensors", "-o", tmp_path / "o.mp4",
