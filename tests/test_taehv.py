@@ -49,6 +49,10 @@ TAEW22 = Variant("taew2_2", 48, 2, (1, 2, 2))
 TAEHV15 = Variant("taehv1_5", 32, 2, (1, 2, 2))
 TAELTX2 = Variant("taeltx_2", 128, 4, (2, 2, 2))
 TAEW22_SUPER = Variant("taew2_2_super", 48, 2, (1, 2, 2), super_=True)
+# madebyollin/taem1's decoder is this base sequence, index for index (its MemBlock has an identity
+# skip at equal widths, its TGrow the same channel-group split), with strides (1, 2, 3), 12
+# channels, and `decode_video` dropping the first 5 frames: t_upscale - 1 again.
+TAEM1 = Variant("taem1", 12, 1, (1, 2, 3))
 WIDTHS = (24, 16, 8, 8)  # the released files have (256, 128, 64, 64), super (512, 256, 128, 64)
 
 
@@ -205,6 +209,8 @@ CASES = {
     "taew2_2_super": Case(TAEW22_SUPER, "wan2.2", 2, (3, 3), ".pth", half=True),
     "taehv1_5": Case(TAEHV15, "file:hunyuan1.5:32:16:4", 2, (3, 4)),
     "taeltx_2": Case(TAELTX2, "file:ltx2:128:32:8", 2, (2, 2)),
+    "taem1": Case(TAEM1, "mochi", 3, (3, 4), ".pth", batch=2),
+    "taem1-fp16": Case(TAEM1, "mochi", 2, (3, 3), half=True),
 }
 
 
@@ -267,7 +273,8 @@ def test_vae_space_latents_are_normalised_first(tmp_path: Path, cli) -> None:
 
 
 @pytest.mark.parametrize(
-    ("model", "rule"), [("wan", "causal"), ("cogvideox", "paired"), ("ltx", "causal")]
+    ("model", "rule"),
+    [("wan", "causal"), ("cogvideox", "paired"), ("ltx", "causal"), ("mochi", "causal")],
 )
 @pytest.mark.parametrize("t", [1, 2, 3, 4, 5])
 def test_frame_counts_equal_the_full_vae(model: str, rule: str, t: int, tmp_path: Path) -> None:
@@ -276,7 +283,7 @@ def test_frame_counts_equal_the_full_vae(model: str, rule: str, t: int, tmp_path
         if model == "ltx"
         else load_preset(model)
     )
-    v = TAELTX2 if model == "ltx" else TAECVX
+    v = {"ltx": TAELTX2, "mochi": TAEM1}.get(model, TAECVX)
     cfg = TinyConfig(v.channels, v.patch, v.strides, WIDTHS)
     decoder = TinyDecoder(cfg, preset.frames_out).eval()
     z = latents((1, v.channels, t, 1, 1))
