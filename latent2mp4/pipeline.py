@@ -250,6 +250,14 @@ def plan_latents(lf: LatentFile, opts: DecodeOptions, root: Path | None = None) 
         raise InputError(
             f"{path}: frames would be {w}x{h}; video encoders stop at {MAX_FRAME_SIDE} px"
         )
+    if preset.decode_mode is not None:  # refused before any output exists
+        try:
+            pieces = preset.decode_mode.pieces(sel.view.shape[3], preset.temporal_ratio)
+        except ValueError as e:
+            mode = preset.decode_mode.kind
+            raise InputError(f"{path}: {preset.name} decodes as {mode}: {e}") from None
+        if len(pieces) > 1:
+            notes += (f"{preset.decode_mode.kind} decode: {len(pieces)} clips, as the pipeline",)
     device = pick_device(opts.device)
     dtype = (
         torch.float32

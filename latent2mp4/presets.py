@@ -12,6 +12,7 @@ import yaml
 from latent2mp4.engine import TileGrid
 from latent2mp4.errors import UsageError
 from latent2mp4.models.registry import get_family
+from latent2mp4.modes import DecodeMode
 from latent2mp4.normalization import Normalization
 
 # Inside the package, so an installed wheel has them; the repository's configs/ links here.
@@ -105,6 +106,9 @@ class Preset:
     decode_noise_scale: float | None = None  # None: equal to the timestep
     source: str = ""
     audio: AudioPreset | None = None  # the model generates sound too
+    # The pipeline decodes parts of the clip separately and joins the pixels (modes.py); None:
+    # one vae.decode of the whole clip
+    decode_mode: DecodeMode | None = None
 
     @property
     def tiny_variant(self) -> tuple[int, int, int]:
@@ -167,6 +171,9 @@ class Preset:
                 decode_noise_scale=_optional_float(d.get("decode", {}).get("noise_scale")),
                 source=str(path),
                 audio=AudioPreset.from_mapping(d["audio"]) if "audio" in d else None,
+                decode_mode=(
+                    DecodeMode.from_mapping(d["decode_mode"]) if "decode_mode" in d else None
+                ),
             )
         except KeyError as e:
             raise UsageError(f"{path}: preset is missing the key {e}") from None
@@ -221,7 +228,7 @@ class Preset:
 PRESET_KEYS = frozenset(
     "name aliases description family latent_channels spatial_ratio temporal_ratio layout "
     "frames_rule fps normalization hub tiling dtype preview memory front_pad_multiple tiny "
-    "latent_space packed decode audio".split()
+    "latent_space packed decode audio decode_mode".split()
 )
 
 
