@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_sd import make_tiny_sd, to_ldm
 
 from latent2mp4.engine import TileGrid, decode_stream
 from latent2mp4.models.sd.decoder import SDConfig, SDDecoder, detect, rename_keys
@@ -19,7 +20,6 @@ from latent2mp4.video import read_video
 from latent2mp4.weights import load_vae, resolve_vae
 
 from conftest import assert_one_line_error
-from tiny_sd import make_tiny_sd, to_ldm
 
 PARITY = 1e-4
 
@@ -131,8 +131,8 @@ def test_original_single_files(ldm, form, tmp_path) -> None:
     path = tmp_path / f"{form}.safetensors"
     save_file(state, str(path))
     assert detect(set(rename_keys(k.removeprefix("first_stage_model.") for k in state).values()))
-    loaded = load_vae(resolve_vae(str(path), load_preset("animatediff")), load_preset("animatediff"),
-                      "cpu", torch.float32)  # fmt: skip
+    preset = load_preset("animatediff")
+    loaded = load_vae(resolve_vae(str(path), preset), preset, "cpu", torch.float32)
     zv = torch.randn(1, 4, 2, 5, 4)
     diff = (ours(loaded.decoder, zv, None) - reference(vae, zv, False)).abs().max().item()
     print(f"\nsd {form}: max {diff:.2e}")
