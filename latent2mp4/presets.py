@@ -99,6 +99,9 @@ class Preset:
     # output_type="latent" space, and ComfyUI's .latent space.
     pipeline_latent_space: str = "model"
     comfy_latent_space: str = "vae"
+    # The axis order of ComfyUI files: (B, C, F, H, W), or for image VAEs (SD, SVD) a batch of
+    # frames (F, C, H, W), which a 4-D array reads as (1, F, C, H, W).
+    comfy_layout: Layout = "BCFHW"
     # The pipeline returns packed tokens (B, F*H*W, C) that --num-frames/--height/--width unpack
     packed: bool = False
     decode_timestep: float = 0.0  # timestep-conditioned decoders only
@@ -183,6 +186,7 @@ class Preset:
                 whole_clip=bool(d.get("memory", {}).get("whole_clip", False)),
                 pipeline_latent_space=str(d.get("latent_space", {}).get("pipeline", "model")),
                 comfy_latent_space=str(d.get("latent_space", {}).get("comfyui", "vae")),
+                comfy_layout=d.get("latent_space", {}).get("comfyui_layout", "BCFHW"),
                 packed=bool(d.get("packed", False)),
                 decode_timestep=float(d.get("decode", {}).get("timestep", 0.0)),
                 decode_noise_scale=_optional_float(d.get("decode", {}).get("noise_scale")),
@@ -199,6 +203,8 @@ class Preset:
 
     def _check(self) -> None:
         where = self.source or self.name
+        if self.comfy_layout not in LAYOUT_AXES:
+            raise UsageError(f"{where}: comfyui_layout must be one of {', '.join(LAYOUT_AXES)}")
         if self.layout not in LAYOUT_AXES:
             raise UsageError(
                 f"{where}: layout must be one of {', '.join(LAYOUT_AXES)}, not {self.layout}"

@@ -202,3 +202,20 @@ def test_decode_chunk_size_is_refused_where_frames_are_independent(tiny, tmp_pat
               "--decode-chunk-size", "2", "-o", tmp_path / "o.mp4")  # fmt: skip
     assert_one_line_error(run, 2, "--decode-chunk-size", "animatediff")
     assert not (tmp_path / "o.mp4").exists()
+
+
+@pytest.mark.parametrize("frames", [3, 4])  # 4 frames of 4 channels: only the layout tells
+def test_comfyui_latent_is_a_batch_of_frames_in_vae_space(tiny, frames, tmp_path, cli) -> None:
+    vae, _, folder = tiny
+    zv = torch.randn(frames, 4, 4, 5)  # ComfyUI LATENT "samples": (F, 4, h, w), VAE space
+    marker = {"latent_format_version_0": torch.tensor([])}
+    save_file({"latent_tensor": zv, **marker}, str(tmp_path / "ComfyUI_00001_.latent"))
+    out = tmp_path / "comfy.mkv"
+    run = cli("decode", tmp_path / "ComfyUI_00001_.latent", "-m", "animatediff", "--vae", folder,
+              "--lossless", "--no-tile", "-o", out)  # fmt: skip
+    assert run.exit_code == 0, run.output
+    got, _ = read_video(out)
+    video = (reference(vae, zv.transpose(0, 1)[None], False) / 2 + 0.5).clamp(0, 1)
+    want = (video[0].permute(1, 2, 3, 0).numpy() * 255).round().astype(np.uint8)
+    assert got.shape == want.shape == (frames, 32, 40, 3)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1

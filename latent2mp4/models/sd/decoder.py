@@ -226,10 +226,21 @@ def rename_keys(keys: Iterable[str]) -> dict[str, str]:
     return out
 
 
+# conv_in without a `.conv` wrapper and GroupNorm `norm1.weight` (not Wan's RMS `gamma`): only
+# the 2-D image VAE has both.
 _MARKERS = (
-    ("decoder.mid_block.attentions.0.to_q.weight", "decoder.up_blocks.0.resnets.0.conv1.weight"),
-    ("decoder.mid_block.resnets.0.conv1.weight", "decoder.up_blocks.0.resnets.0.conv1.weight"),
-    ("decoder.mid.block_1.conv1.weight", "decoder.up.0.block.0.conv1.weight"),
+    (
+        "decoder.conv_in.weight",
+        "decoder.up_blocks.0.resnets.0.norm1.weight",
+        "decoder.up_blocks.0.resnets.0.conv1.weight",
+        "decoder.conv_norm_out.weight",
+    ),
+    (
+        "decoder.conv_in.weight",
+        "decoder.up.0.block.0.norm1.weight",
+        "decoder.up.0.block.0.conv1.weight",
+        "decoder.norm_out.weight",
+    ),
 )
 
 
