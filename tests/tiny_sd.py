@@ -56,8 +56,12 @@ def _perturb(vae: Any, seed: int) -> Any:
 
 
 def make_tiny_sd(path: Path | None, variant: str = "sd", seed: int = 0) -> Any:
-    """A perturbed random `AutoencoderKL`, saved with `save_pretrained(path)` when given."""
+    """A perturbed random `AutoencoderKL`, saved with `save_pretrained(path)` when given
+    (variant "svd": `make_tiny_svd`, for scripts/bench.py --quick)."""
     from diffusers import AutoencoderKL
+
+    if variant == "svd":
+        return make_tiny_svd(path, seed)
 
     n = len(SD_VARIANTS[variant]["block_out_channels"])
     torch.manual_seed(seed)
