@@ -175,6 +175,10 @@ def decode(
         float | None, Opt(help="Decode noise mixed into the latents (default: the timestep).")
     ] = None,
     seed: Annotated[int, Opt(help="Decode noise seed.")] = 0,
+    decode_chunk_size: Annotated[
+        int | None,
+        Opt(help="SVD/Helios: latent frames per independently decoded window (the pipeline's)."),
+    ] = None,
     codec: Annotated[
         str, Opt(help="h264, h265, vp9, av1, prores, ffv1 or an ffmpeg encoder.")
     ] = "h264",
@@ -250,6 +254,7 @@ def decode(
         decode_timestep=decode_timestep,
         decode_noise_scale=decode_noise_scale,
         seed=seed,
+        decode_chunk_size=decode_chunk_size,
     )
     with _errors("collecting the inputs", verbose):
         items = collect_inputs(inputs, recursive)

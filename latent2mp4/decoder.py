@@ -152,6 +152,7 @@ class Decoder:
         num_frames: int | None = None,
         height: int | None = None,
         width: int | None = None,
+        decode_chunk_size: int | None = None,
         overwrite: bool = False,
         skip_existing: bool = False,
         codec: str = "h264",
@@ -174,6 +175,8 @@ class Decoder:
         A file's audio latents (presets with sound) become the audio track unless `no_audio`;
         `audio` muxes an audio file instead.
         `num_frames`, `height`, `width`: the generation's size, to unpack LTX's packed tokens.
+        `decode_chunk_size`: SVD/Helios window length in latent frames (None: `load_decoder`'s,
+        else the preset's).
         """
         opts = self._options(
             out=Path(out),
@@ -185,6 +188,7 @@ class Decoder:
             num_frames=num_frames,
             height=height,
             width=width,
+            decode_chunk_size=decode_chunk_size or self.options.decode_chunk_size,
             overwrite=overwrite,
             skip_existing=skip_existing,
             codec=codec,
@@ -210,6 +214,7 @@ class Decoder:
         num_frames: int | None = None,
         height: int | None = None,
         width: int | None = None,
+        decode_chunk_size: int | None = None,
     ) -> Iterator[np.ndarray]:
         """Yield the frames of one video as uint8 `(H, W, 3)` arrays, each as soon as it is
         decoded (memory stays flat whatever the length). For a batch, pass one element."""
@@ -221,6 +226,7 @@ class Decoder:
             num_frames=num_frames,
             height=height,
             width=width,
+            decode_chunk_size=decode_chunk_size or self.options.decode_chunk_size,
         )
         job = self.plan(latents, opts)
         if len(job.videos) != 1:
@@ -241,6 +247,7 @@ class Decoder:
         num_frames: int | None = None,
         height: int | None = None,
         width: int | None = None,
+        decode_chunk_size: int | None = None,
     ) -> Tensor:
         """The whole video as one float32 tensor `(B, 3, F, H, W)` in [-1, 1] on the decoder's
         device (one trajectory step). Memory grows with the clip: prefer `frames` or `to_video`
@@ -253,6 +260,7 @@ class Decoder:
             num_frames=num_frames,
             height=height,
             width=width,
+            decode_chunk_size=decode_chunk_size or self.options.decode_chunk_size,
         )
         job = self.plan(latents, opts)
         if len({v.pos for v in job.videos}) != 1:
@@ -287,7 +295,14 @@ class Decoder:
 
         def clip(source: LatentSource) -> Iterator[Tensor]:
             return decode_stream(
-                module, source, job.grid, self.device, self.dtype, job.chunk_frames
+                module,
+                source,
+                job.grid,
+                self.device,
+                self.dtype,
+                job.chunk_frames,
+                job.segments,
+                job.frames if job.segments else None,  # a segmented pipeline's trim (Helios)
             )
 
         mode = job.preset.decode_mode
@@ -435,6 +450,7 @@ def load_decoder(
     decode_timestep: float | None = None,
     decode_noise_scale: float | None = None,
     seed: int = 0,
+    decode_chunk_size: int | None = None,
 ) -> Decoder:
     """Load a model's decoder once, to decode many latents.
 
@@ -450,6 +466,8 @@ def load_decoder(
     tile_size, tile_stride, no_tile : spatial tiling in output pixels, as the CLI's options.
     lossless : with dtype "auto", decode in fp32 (for bit-exact `to_video(lossless=True)`).
     decode_timestep, decode_noise_scale, seed : timestep-conditioned VAEs (LTX), as the CLI's.
+    decode_chunk_size : latent frames per independently decoded window, for presets whose
+        pipeline decodes in windows (SVD: default the whole clip; Helios: 9); as the CLI's.
 
     Returns
     -------
@@ -472,6 +490,7 @@ def load_decoder(
         decode_timestep=decode_timestep,
         decode_noise_scale=decode_noise_scale,
         seed=seed,
+        decode_chunk_size=decode_chunk_size,
     )
     if decoder not in ("vae", "preview", "tiny"):
         raise UsageError(f"decoder must be 'vae', 'tiny' or 'preview', not {decoder!r}")

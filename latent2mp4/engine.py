@@ -31,6 +31,37 @@ class Chunk:
     emit: int | None = None  # frames passed on; the rest only feeds the next chunk's blend
 
 
+@dataclass(frozen=True)
+class Segments:
+    """A pipeline that decodes its latents as independent clips of `frames` latent frames each
+    (SVD's `decode_chunk_size` windows, Helios' chunks): every segment is decoded on its own,
+    with fresh causal state, and the frames are concatenated. The split is part of the output.
+
+    `frames` None is one segment (the whole clip). `align` "end" places the segments flush with
+    the last latent frame and leaves the leading `T mod frames` undecoded (Helios' history
+    prefix); "start" lets the last segment be shorter (SVD). `trim` "causal" cuts the
+    concatenated frames to `1 + r*k` (Helios, r the temporal ratio).
+    """
+
+    frames: int | None = None
+    align: str = "start"  # start | end
+    trim: str = "none"  # none | causal
+
+    def __post_init__(self) -> None:
+        if self.frames is not None and self.frames < 1:
+            raise ValueError(f"segment frames must be at least 1, not {self.frames}")
+        if self.align not in ("start", "end") or self.trim not in ("none", "causal"):
+            raise ValueError("segments: align must be start or end, trim none or causal")
+
+    def ranges(self, num_frames: int) -> list[tuple[int, int]]:
+        """Latent frame ranges `[start, stop)` decoded as separate clips, in time order."""
+        n = self.frames or num_frames
+        if self.align == "end":
+            first = num_frames % n if num_frames >= n else 0
+            return [(s, min(s + n, num_frames)) for s in range(first, num_frames, n)]
+        return [(s, min(s + n, num_frames)) for s in range(0, num_frames, n)]
+
+
 class StreamDecoder(Protocol):
     """What the engine needs from a family decoder (an `nn.Module` in practice)."""
 
@@ -180,6 +211,8 @@ def decode_stream(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     max_chunk_frames: int = 1,
+    segments: list[tuple[int, int]] | None = None,
+    frame_limit: int | None = None,
 ) -> Iterator[Tensor]:
     """Decode VAE-space latents chunk by chunk.
 
@@ -191,6 +224,9 @@ def decode_stream(
     grid : spatial tiles, used only when the latent is larger than one tile.
     max_chunk_frames : latent frames a chunk may hold, for families that allow it (see
         `StreamDecoder.time_chunks`).
+    segments : latent frame ranges decoded as independent clips, each with fresh states and its
+        own time plan (`Segments.ranges`); None: the whole clip is one.
+    frame_limit : frames yielded at most (the rest of the last chunks is cut off).
 
     Yields
     ------
@@ -198,15 +234,41 @@ def decode_stream(
     the decoder's frame count for `T`.
     """
     source = TensorSource(z) if isinstance(z, Tensor) else z
-    T, h, w = source.shape[2:]
+    T = source.shape[2]
+    left = frame_limit
+    for start, stop in segments or [(0, T)]:
+        clip = _decode_segment(decoder, source, start, stop, grid, device, dtype, max_chunk_frames)
+        for x in clip:
+            if left is not None:
+                x = x[:, :, :left]
+                left -= x.shape[2]
+            if x.shape[2]:
+                yield x
+            if left == 0:
+                return
+
+
+def _decode_segment(
+    decoder: StreamDecoder,
+    source: LatentSource,
+    first: int,
+    last: int,
+    grid: TileGrid | None,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    max_chunk_frames: int,
+) -> Iterator[Tensor]:
+    """Latent frames `[first, last)` decoded as a clip of their own."""
+    h, w = source.shape[3:]
     tiled = grid is not None and grid.needed(h, w)
     n_states = sum(len(row) for row in grid.origins(h, w)) if tiled and grid else 1
     states = [decoder.new_state() for _ in range(n_states)]
     up = decoder.upscale
     prev: Tensor | None = None
     with torch.inference_mode(), exact_fp32(torch.device(device), dtype):
-        for chunk in decoder.time_chunks(T, max_chunk_frames):
-            part = source.read(chunk.start, chunk.stop).to(device=device, dtype=dtype)
+        for chunk in decoder.time_chunks(last - first, max_chunk_frames):
+            part = source.read(first + chunk.start, first + chunk.stop)
+            part = part.to(device=device, dtype=dtype)
             if tiled and grid is not None:
                 x = _decode_tiled(decoder, part, grid, states, up)
             else:

@@ -354,11 +354,12 @@ def front_padding(
 def infer_layout(shape: tuple[int, ...], preset: Preset, comfy: bool) -> tuple[str, str | None]:
     """The layout of `(S, B, ?, ?, h, w)`, and a note when it is not the expected one.
 
-    Expected: ComfyUI's (B, C, F, H, W) for its files, else the preset's. The other layout is taken
+    Expected: the preset's ComfyUI layout for ComfyUI's files (B, C, F, H, W; a batch of frames
+    for image VAEs), else the preset's. The other layout is taken
     only when it alone gives the model's channel count (a CogVideoX latent saved channels-first, a
     Wan latent saved frames-first), so an unambiguous file never needs --layout.
     """
-    expected = "BCFHW" if comfy else preset.layout
+    expected = preset.comfy_layout if comfy else preset.layout
     other = "BFCHW" if expected == "BCFHW" else "BCFHW"
     channels = {name: shape[2 + axes.index("C")] for name, axes in LAYOUT_AXES.items()}
     c = preset.latent_channels

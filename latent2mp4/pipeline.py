@@ -81,6 +81,9 @@ class DecodeOptions:
     decode_timestep: float | None = None
     decode_noise_scale: float | None = None
     seed: int = 0  # decode noise seed (batch element b uses seed + b)
+    # Latent frames per independently decoded window, for presets whose pipeline splits the
+    # decode (SVD's decode_chunk_size, Helios' chunks); None: the preset's (SVD: the whole clip)
+    decode_chunk_size: int | None = None
 
     def __post_init__(self) -> None:
         # Library callers pass plain strings as often as Paths; everything downstream wants Paths.
@@ -128,6 +131,7 @@ class Job:
     grid: TileGrid | None = None  # spatial tiles, when a frame does not fit in memory untiled
     chunk_frames: int = 1  # latent frames per decode call (several when frames are small)
     audio: AudioSource | None = None  # every output's sound: audio latents or a file
+    window: int | None = None  # --decode-chunk-size: latent frames per independent segment
 
     @property
     def outputs(self) -> tuple[Path, ...]:
@@ -136,7 +140,12 @@ class Job:
     @property
     def frames(self) -> int:
         """Frames of each output video."""
-        return self.preset.frames_out(self.view.shape[3])
+        return self.preset.frames_out(self.view.shape[3], self.window)
+
+    @property
+    def segments(self) -> list[tuple[int, int]] | None:
+        """Latent ranges decoded as separate clips (the preset's pipeline splits them)."""
+        return self.preset.segment_ranges(self.view.shape[3], self.window)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -274,14 +283,46 @@ def plan_latents(lf: LatentFile, opts: DecodeOptions, root: Path | None = None) 
         tile_stride=opts.tile_stride,
         no_tile=opts.no_tile,
         preview=opts.decoder == "preview",
-        bytes_per_pixel=TINY_BYTES_PER_PIXEL if opts.decoder == "tiny" else None,
+        bytes_per_pixel=_bytes_per_pixel(preset, opts, sel.view.shape[3]),
     )
     notes += (tiling_note,) if tiling_note else ()
     if slow := slow_dtype_note(dtype, device):  # preview decodes in fp32: never said
         notes += (slow,)
     per_call = chunk_frames(preset, lh, lw, dtype, grid, device)
     audio, audio_notes = plan_audio(path, preset, opts, sel.view.shape[1])
-    return Job(lf, preset, sel.view, space, videos, fps, notes + audio_notes, grid, per_call, audio)
+    window = opts.decode_chunk_size
+    if window is not None and preset.segments is None:
+        raise UsageError(
+            f"--decode-chunk-size: the {preset.name} pipeline does not decode in windows "
+            "(frames per call follow the memory available)"
+        )
+    if preset.segments is not None:
+        notes += (segment_note(preset, sel.view.shape[3], window),)
+    return Job(
+        lf, preset, sel.view, space, videos, fps, notes + audio_notes, grid, per_call, audio, window
+    )
+
+
+def segment_note(preset: Preset, t: int, window: int | None) -> str:
+    ranges = preset.segment_ranges(t, window) or []
+    n = ranges[0][1] - ranges[0][0] if ranges else t
+    origin = "--decode-chunk-size" if window is not None else f"{preset.name} preset"
+    skipped = f"; the first {ranges[0][0]} not decoded" if ranges and ranges[0][0] else ""
+    return (
+        f"decoded in {len(ranges)} independent window(s) of {n} latent frame(s) ({origin}){skipped}"
+    )
+
+
+def _bytes_per_pixel(preset: Preset, opts: DecodeOptions, t: int) -> int | None:
+    """The memory estimate's bytes per pixel when not the preset's own: the tiny decoder's, or
+    a non-causal decoder's for one whole window of a segmented pipeline (SVD)."""
+    if opts.decoder == "tiny":
+        return TINY_BYTES_PER_PIXEL
+    ranges = preset.segment_ranges(t, opts.decode_chunk_size)
+    if opts.decoder == "vae" and preset.whole_clip and ranges:
+        longest = max(b - a for a, b in ranges)
+        return preset.decode_bytes_per_pixel * max(1, longest // preset.chunk_frames)
+    return None
 
 
 def timestep_settings(opts: DecodeOptions, preset: Preset) -> tuple[TimestepSettings, str]:
@@ -327,6 +368,8 @@ def validate(opts: DecodeOptions, n_inputs: int = 1) -> None:
         raise UsageError("--no-audio excludes --audio and --audio-codec")
     if opts.audio is not None and opts.audio_key is not None:
         raise UsageError("--audio excludes --audio-key (a file's audio latents)")
+    if opts.decode_chunk_size is not None and opts.decode_chunk_size < 1:
+        raise UsageError(f"--decode-chunk-size must be at least 1, not {opts.decode_chunk_size}")
     for flag, value in (("--tile-size", opts.tile_size), ("--tile-stride", opts.tile_stride)):
         if value is not None and value <= 0:
             raise UsageError(f"{flag} must be a positive number of pixels, not {value}")
@@ -337,6 +380,11 @@ def validate(opts: DecodeOptions, n_inputs: int = 1) -> None:
     device = pick_device(opts.device)
     if preset is not None:
         pick_dtype(opts.dtype, device, preset, opts.lossless)
+        if opts.decode_chunk_size is not None and preset.segments is None:
+            raise UsageError(
+                f"--decode-chunk-size: the {preset.name} pipeline does not decode in windows "
+                "(frames per call follow the memory available)"
+            )
         if opts.decoder == "tiny" and opts.vae is None:
             raise UsageError(f"--decoder tiny needs --vae FILE; {download_hint(preset)}")
         if opts.decoder != "preview":

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from latent2mp4.engine import TileGrid
+from latent2mp4.engine import Segments, TileGrid
 from latent2mp4.errors import UsageError
 from latent2mp4.models.registry import get_family
 from latent2mp4.modes import DecodeMode
@@ -100,14 +100,20 @@ class Preset:
     # output_type="latent" space, and ComfyUI's .latent space.
     pipeline_latent_space: str = "model"
     comfy_latent_space: str = "vae"
+    # The axis order of ComfyUI files: (B, C, F, H, W), or for image VAEs (SD, SVD) a batch of
+    # frames (F, C, H, W), which a 4-D array reads as (1, F, C, H, W).
+    comfy_layout: Layout = "BCFHW"
     # The pipeline returns packed tokens (B, F*H*W, C) that --num-frames/--height/--width unpack
     packed: bool = False
     decode_timestep: float = 0.0  # timestep-conditioned decoders only
     decode_noise_scale: float | None = None  # None: equal to the timestep
     source: str = ""
     audio: AudioPreset | None = None  # the model generates sound too
-    # The pipeline decodes parts of the clip separately and joins the pixels (modes.py); None:
-    # one vae.decode of the whole clip
+    # The pipeline decodes independent segments of latent frames (SVD's decode_chunk_size
+    # windows, Helios' chunks); None: one clip. `--decode-chunk-size` sets their length.
+    segments: Segments | None = None
+    # The pipeline decodes parts of the clip separately, some overlapping or reordered, and
+    # joins the pixels (modes.py: ChronoEdit, FramePack); None: no such mode
     decode_mode: DecodeMode | None = None
 
     @property
@@ -116,11 +122,29 @@ class Preset:
         three x2 spatial stages times the patch make the spatial ratio."""
         return self.latent_channels, self.spatial_ratio // 8, self.temporal_ratio
 
-    def frames_out(self, t: int) -> int:
-        """Frames the real VAE decodes from `t` latent frames."""
+    def frames_out(self, t: int, window: int | None = None) -> int:
+        """Frames the real VAE decodes from `t` latent frames (in the pipeline's segments of
+        `window` latent frames where it has them; None: the preset's own length)."""
+        segments = self.segment_ranges(t, window)
+        if segments is None:
+            return self._clip_frames(t)
+        total = sum(self._clip_frames(b - a) for a, b in segments)
+        if self.segments is not None and self.segments.trim == "causal" and total:
+            r = self.temporal_ratio
+            total = (total - 1) // r * r + 1
+        return total
+
+    def _clip_frames(self, t: int) -> int:
         if self.frames_rule == "paired" and t % 2 == 0:
             return self.temporal_ratio * t
         return 1 + self.temporal_ratio * (t - 1)
+
+    def segment_ranges(self, t: int, window: int | None = None) -> list[tuple[int, int]] | None:
+        """The latent ranges the pipeline decodes as separate clips; None without segments."""
+        if self.segments is None:
+            return None
+        seg = self.segments if window is None else replace(self.segments, frames=window)
+        return seg.ranges(t)
 
     @classmethod
     def from_yaml(cls, path: Path) -> Preset:
@@ -166,11 +190,13 @@ class Preset:
                 whole_clip=bool(d.get("memory", {}).get("whole_clip", False)),
                 pipeline_latent_space=str(d.get("latent_space", {}).get("pipeline", "model")),
                 comfy_latent_space=str(d.get("latent_space", {}).get("comfyui", "vae")),
+                comfy_layout=d.get("latent_space", {}).get("comfyui_layout", "BCFHW"),
                 packed=bool(d.get("packed", False)),
                 decode_timestep=float(d.get("decode", {}).get("timestep", 0.0)),
                 decode_noise_scale=_optional_float(d.get("decode", {}).get("noise_scale")),
                 source=str(path),
                 audio=AudioPreset.from_mapping(d["audio"]) if "audio" in d else None,
+                segments=_segments(d["segments"]) if "segments" in d else None,
                 decode_mode=(
                     DecodeMode.from_mapping(d["decode_mode"]) if "decode_mode" in d else None
                 ),
@@ -184,6 +210,10 @@ class Preset:
 
     def _check(self) -> None:
         where = self.source or self.name
+        if self.segments is not None and self.decode_mode is not None:
+            raise UsageError(f"{where}: segments and decode_mode cannot both be set")
+        if self.comfy_layout not in LAYOUT_AXES:
+            raise UsageError(f"{where}: comfyui_layout must be one of {', '.join(LAYOUT_AXES)}")
         if self.layout not in LAYOUT_AXES:
             raise UsageError(
                 f"{where}: layout must be one of {', '.join(LAYOUT_AXES)}, not {self.layout}"
@@ -228,8 +258,19 @@ class Preset:
 PRESET_KEYS = frozenset(
     "name aliases description family latent_channels spatial_ratio temporal_ratio layout "
     "frames_rule fps normalization hub tiling dtype preview memory front_pad_multiple tiny "
-    "latent_space packed decode audio decode_mode".split()
+    "latent_space packed decode audio segments decode_mode".split()
 )
+
+
+def _segments(d: Any) -> Segments:
+    if not isinstance(d, dict) or set(d) - {"frames", "align", "trim"}:
+        raise ValueError("segments takes frames, align and trim")
+    frames = d.get("frames")
+    return Segments(
+        frames=None if frames is None else _whole(frames),
+        align=str(d.get("align", "start")),
+        trim=str(d.get("trim", "none")),
+    )
 
 
 def _whole(v: Any) -> int:

@@ -89,6 +89,13 @@ class Family:
     options: dict[str, Any] = field(default_factory=dict)  # extra DecodeOptions for ours
 
 
+# The SD 1.5 / SDXL VAE architecture (both releases' config.json); SVD's shares the encoder.
+SD_VAE_ENCODER: dict[str, Any] = dict(
+    block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+)  # fmt: skip
+SD_VAE: dict[str, Any] = dict(SD_VAE_ENCODER, up_block_types=("UpDecoderBlock2D",) * 4)
+
 # fmt: off
 FAMILIES = {
     "wan": Family("wan", "AutoencoderKLWan", (3, 32, 32), ("tiny_wan", "2.1"), (3, 8, 8)),
@@ -125,6 +132,15 @@ FAMILIES = {
     "ltx2": Family("ltx2", "AutoencoderKLLTX2Video", (5, 16, 16), ("tiny_ltx", "ltx2"), (3, 2, 3),
                    dict(spatial_compression_ratio=32, temporal_compression_ratio=8),
                    options=dict(latent_space="model")),
+    # AnimateDiff's 16 frames at 512×512 (SD 1.5 VAE); scale: 16/32/64/128 frames
+    "sd": Family("animatediff", "AutoencoderKL", (16, 64, 64), ("tiny_sd", "sd"), (3, 8, 8),
+                 dict(SD_VAE, sample_size=512), scale_frames=(16, 32, 64, 128)),
+    # the same architecture at 1024×1024 (SDXL VAE), AnimateDiff-SDXL's 16 frames
+    "sdxl": Family("animatediff-sdxl", "AutoencoderKL", (16, 128, 128), ("tiny_sd", "sd"),
+                   (3, 8, 8), dict(SD_VAE, sample_size=1024, scaling_factor=0.13025)),
+    # SVD-XT: 25 frames at 576×1024, decoded as one window (decode_chunk_size = num_frames)
+    "svd": Family("svd", "AutoencoderKLTemporalDecoder", (25, 72, 128), ("tiny_sd", "svd"),
+                  (3, 8, 8), dict(SD_VAE_ENCODER, sample_size=768)),
 }
 # fmt: on
 
@@ -276,13 +292,29 @@ def child(a: argparse.Namespace) -> None:
             mean = vae.latents_mean.view(1, -1, 1, 1, 1).to(z)
             std = vae.latents_std.view(1, -1, 1, 1, 1).to(z)
             z = z * std / cfg.scaling_factor + mean
+        elif fam.cls == "AutoencoderKL":  # AnimateDiffPipeline.decode_latents, chunks of 16
+            z = 1 / cfg.scaling_factor * z
+            b, c, f, h, w = z.shape
+            z = z.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        elif fam.cls == "AutoencoderKLTemporalDecoder":  # StableVideoDiffusionPipeline
+            b, f = z.shape[:2]
+            z = 1 / cfg.scaling_factor * z.flatten(0, 1)
         else:  # HunyuanVideoPipeline
             z = z / cfg.scaling_factor
         temb = None
         if getattr(cfg, "timestep_conditioning", False):
             temb = torch.full((z.shape[0],), fam.options["decode_timestep"]).to(z)
         with torch.no_grad():
-            video = vae.decode(z, temb).sample if temb is not None else vae.decode(z).sample
+            if fam.cls == "AutoencoderKL":
+                x = torch.cat([vae.decode(z[i : i + 16]).sample for i in range(0, len(z), 16)])
+                video = x.reshape(b, f, *x.shape[1:]).permute(0, 2, 1, 3, 4)
+            elif fam.cls == "AutoencoderKLTemporalDecoder":  # one window: the default chunk
+                x = vae.decode(z, num_frames=f).sample
+                video = x.reshape(b, f, *x.shape[1:]).permute(0, 2, 1, 3, 4)
+            elif temb is not None:
+                video = vae.decode(z, temb).sample
+            else:
+                video = vae.decode(z).sample
         video = VideoProcessor(vae_scale_factor=8).postprocess_video(video, output_type="np")[0]
         export_to_video(video, str(a.out), fps=fps)
         wall = time.perf_counter() - start

@@ -20,6 +20,13 @@ FPS = {
     "hunyuan1.5": 15,
     "ltx": 24,
     "ltx2": 24,
+    "animatediff": 10,
+    "animatediff-sdxl": 10,
+    "latte": 10,
+    "i2vgen-xl": 10,
+    "zeroscope": 10,
+    "svd": 7,
+    "helios": 24,
 }
 
 
@@ -38,6 +45,14 @@ def test_every_builtin_preset_loads_with_its_fps_and_shape():
     mochi = presets["mochi"]  # z * std / scaling_factor + mean; 6(T-1)+1 frames
     assert len(mochi.normalization.mean) == 12 and mochi.normalization.scaling_factor == 1.0
     assert [mochi.frames_out(t) for t in (1, 2, 28)] == [1, 7, 163]
+    assert presets["svd"].layout == "BFCHW" and presets["animatediff"].layout == "BCFHW"
+    assert presets["animatediff-sdxl"].normalization.scaling_factor == 0.13025
+    # SVD: one frame per latent, the whole clip one window unless --decode-chunk-size says
+    assert presets["svd"].segment_ranges(25) == [(0, 25)]
+    assert presets["svd"].segment_ranges(25, 8) == [(0, 8), (8, 16), (16, 24), (24, 25)]
+    helios = presets["helios"]  # 9-latent chunks flush with the end, 33 frames each, cut to 4k+1
+    assert helios.segment_ranges(19) == [(1, 10), (10, 19)]
+    assert [helios.frames_out(t) for t in (9, 10, 18, 28)] == [33, 33, 65, 97]
 
 
 @pytest.mark.parametrize(
@@ -51,6 +66,9 @@ def test_every_builtin_preset_loads_with_its_fps_and_shape():
         ("hunyuanvideo1.5", "hunyuan1.5"),
         ("ltx-video", "ltx"),
         ("ltx-2", "ltx2"),
+        ("modelscope", "zeroscope"),
+        ("svd-xt", "svd"),
+        ("helios-base", "helios"),
     ],
 )
 def test_aliases_resolve(alias, name):
