@@ -10,9 +10,6 @@ rounded (taesdv.py's writer). Plain per-frame loops with `F.conv2d` straight on 
 tensors; random narrow checkpoints saved as real files in each released naming: bare `N.*`
 (`taesd_decoder.pth` / `.safetensors`), whole-autoencoder `decoder.N.*` (`taesdv.pth`). diffusers'
 own `AutoencoderTiny` is a second, independent oracle for its `decoder.layers.N.*` files.
-
-The SD-family presets are another branch's; until they are built in, a preset YAML written here
-(4 latent channels, x8, one frame per latent frame) stands in for them.
 """
 
 from __future__ import annotations
@@ -24,13 +21,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from safetensors.torch import save_file
 
 from latent2mp4.engine import decode_stream
 from latent2mp4.models.tiny.loader import load_tiny
 from latent2mp4.models.tiny.taesd import TaesdConfig
-from latent2mp4.presets import CONFIG_DIR, load_preset
+from latent2mp4.presets import load_preset
 from latent2mp4.video import read_video
 
 from conftest import assert_one_line_error, latents
@@ -94,18 +90,6 @@ def oracle(sd: dict[str, torch.Tensor], z: torch.Tensor) -> np.ndarray:
     return video.permute(0, 2, 3, 1).numpy()
 
 
-def sd_preset(tmp: Path, layout: str = "BCFHW", name: str = "sd-test") -> Path:
-    """An SD-family-shaped preset (4 channels, x8, frames one-to-one), written from wan.yaml."""
-    d = yaml.safe_load((CONFIG_DIR / "wan.yaml").read_text())
-    d.update(name=name, aliases=[], latent_channels=4, spatial_ratio=8, temporal_ratio=1)
-    d.update(layout=layout, normalization={"scaling_factor": 0.18215})
-    d["preview"] = {"bias": [0, 0, 0], "factors": [[0.1, 0.1, 0.1]] * 4}
-    d["tiny"] = {"file": "taesd_decoder.safetensors", "url": "https://example.invalid/taesd"}
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(d))
-    return path
-
-
 def save(sd: dict[str, torch.Tensor], path: Path, half: bool = False, prefix: str = "") -> dict:
     sd = {prefix + k: v.half() if half else v for k, v in sd.items()}
     if prefix:  # a whole autoencoder: its encoder's tensors are ignored
@@ -117,24 +101,26 @@ def save(sd: dict[str, torch.Tensor], path: Path, half: bool = False, prefix: st
     return {k: v.float() for k, v in sd.items()}  # what the decoder sees
 
 
-CASES = {  # name: (memory, file, half, prefix, layout)
-    "taesd-pth-fp16": (False, "taesd_decoder.pth", True, "", "BCFHW"),
-    "taesdxl-safetensors": (False, "taesdxl_decoder.safetensors", False, "", "BCFHW"),
-    "taesdv-pth": (True, "taesdv.pth", False, "decoder.", "BFCHW"),  # SVD's (B, F, C, h, w)
-    "taesdv-fp16-safetensors": (True, "taesdv.safetensors", True, "decoder.", "BCFHW"),
+CASES = {  # name: (memory, file, half, prefix, preset)
+    "taesd-pth-fp16": (False, "taesd_decoder.pth", True, "", "animatediff"),
+    "taesdxl-safetensors": (False, "taesdxl_decoder.safetensors", False, "", "animatediff-sdxl"),
+    "taesdv-pth": (True, "taesdv.pth", False, "decoder.", "svd"),  # SVD's (B, F, C, h, w)
+    "taesdv-fp16-safetensors": (True, "taesdv.safetensors", True, "decoder.", "zeroscope"),
+    "taesd-safetensors-latte": (False, "taesd_decoder.safetensors", False, "", "latte"),
+    "taesd-pth-i2vgen-xl": (False, "taesd_decoder.pth", False, "", "i2vgen-xl"),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_cli_matches_the_reference_oracle(name: str, tmp_path: Path, cli) -> None:
-    memory, file, half, prefix, layout = CASES[name]
+    memory, file, half, prefix, model = CASES[name]
     seen = save(random_checkpoint(memory), tmp_path / file, half, prefix)
     z = latents((2, 4, 3, 5, 4), seed=3) * 1.5  # model space
-    stored = z.transpose(1, 2).contiguous() if layout == "BFCHW" else z
+    stored = z.transpose(1, 2).contiguous() if load_preset(model).layout == "BFCHW" else z
     save_file({"latents": stored}, str(tmp_path / "z.safetensors"))
     run = cli(
-        "decode", tmp_path / "z.safetensors", "--preset", sd_preset(tmp_path, layout),
-        "--decoder", "tiny", "--vae", tmp_path / file, "--lossless", "-o", tmp_path / "out.mkv",
+        "decode", tmp_path / "z.safetensors", "-m", model, "--decoder", "tiny",
+        "--vae", tmp_path / file, "--lossless", "-o", tmp_path / "out.mkv",
     )  # fmt: skip
     assert run.exit_code == 0, run.output
     for b in range(2):
@@ -151,7 +137,7 @@ def test_cli_matches_the_reference_oracle(name: str, tmp_path: Path, cli) -> Non
 
 def test_taesdv_memory_streams_across_chunks_and_tiles(tmp_path: Path) -> None:
     save(random_checkpoint(True), tmp_path / "v.pth", prefix="decoder.")
-    preset = load_preset(str(sd_preset(tmp_path)))
+    preset = load_preset("svd")
     module, description = load_tiny(str(tmp_path / "v.pth"), preset, "cpu", torch.float32)
     assert "TAESDV" in description
     z = latents((1, 4, 5, 6, 7), seed=4)
@@ -179,7 +165,7 @@ def test_diffusers_autoencoder_tiny_files_match_diffusers(tmp_path: Path) -> Non
                                         for k, v in sd.items()})  # fmt: skip
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()},
               str(tmp_path / "diffusion_pytorch_model.safetensors"))  # fmt: skip
-    preset = load_preset(str(sd_preset(tmp_path)))
+    preset = load_preset("animatediff")
     module, _ = load_tiny(str(tmp_path / "diffusion_pytorch_model.safetensors"), preset, "cpu",
                           torch.float32)  # fmt: skip
     z = latents((2, 4, 3, 5, 6), seed=5)
@@ -215,14 +201,13 @@ def test_wrong_files_are_one_line(tmp_path: Path, cli) -> None:
     wide = {k: v for k, v in random_checkpoint(False).items()}
     wide["1.weight"] = torch.randn(WIDTH, 16, 3, 3)  # a 16-channel TAESD3 / TAEF1 decoder
     save_file(wide, str(tmp_path / "taef1_decoder.safetensors"))
-    preset = sd_preset(tmp_path)
     for vae, what in (
         ("taesd_encoder", "a tiny encoder"),
         ("broken", "9.conv.2.bias"),
         ("taef1_decoder", "16 latent channels"),
     ):
         run = cli(
-            "decode", tmp_path / "z.safetensors", "--preset", preset, "--decoder", "tiny",
+            "decode", tmp_path / "z.safetensors", "-m", "animatediff", "--decoder", "tiny",
             "--vae", tmp_path / f"{vae}.safetensors", "-o", tmp_path / "o.mp4",
         )  # fmt: skip
         assert_one_line_error(run, 1, what)
@@ -233,5 +218,34 @@ def test_wrong_files_are_one_line(tmp_path: Path, cli) -> None:
         "decode", tmp_path / "m.safetensors", "-m", "mochi", "--decoder", "tiny",
         "--vae", tmp_path / "taesd_decoder.pth", "-o", tmp_path / "o.mp4",
     )  # fmt: skip
-    assert_one_line_error(run, 1, "4 latent channels, patch 1, 1x time", "taem1.pth")
+    assert_one_line_error(run, 1, "4 latent channels, patch 1, 1x time", "taem1.pth", "svd")
     assert not list(tmp_path.glob("o*"))
+
+
+def test_svd_windows_restart_the_taesdv_memory(tmp_path: Path, cli) -> None:
+    """SVD's decode_chunk_size windows (--decode-chunk-size) are separate clips for TAESDV too."""
+    seen = save(random_checkpoint(True), tmp_path / "taesdv.pth", prefix="decoder.")
+    z = latents((1, 4, 3, 4, 4), seed=6) * 1.5
+    save_file({"latents": z.transpose(1, 2).contiguous()}, str(tmp_path / "z.safetensors"))
+    run = cli(
+        "decode", tmp_path / "z.safetensors", "-m", "svd", "--decoder", "tiny", "--vae",
+        tmp_path / "taesdv.pth", "--decode-chunk-size", "2", "--lossless", "-o", tmp_path / "o.mkv",
+    )  # fmt: skip
+    assert run.exit_code == 0, run.output
+    got, _ = read_video(tmp_path / "o.mkv")
+    windows = np.concatenate([oracle(seen, z[0, :, :2]), oracle(seen, z[0, :, 2:])])
+    whole = oracle(seen, z[0])
+    assert np.abs(got.astype(int) - windows.astype(int)).max() <= 1
+    assert np.abs(got.astype(int) - whole.astype(int)).max() > 1  # the windows matter
+
+
+def test_sd_presets_name_their_tiny_decoder(tmp_path: Path, cli) -> None:
+    save_file({"latents": latents((1, 4, 2, 4, 4))}, str(tmp_path / "z.safetensors"))
+    for model, file in (
+        ("animatediff", "taesd_decoder.safetensors"),
+        ("animatediff-sdxl", "taesdxl_decoder.safetensors"),
+        ("modelscope", "taesd_decoder.safetensors"),
+        ("svd-xt", "taesdv.pth"),
+    ):
+        run = cli("decode", tmp_path / "z.safetensors", "-m", model, "--decoder", "tiny")
+        assert_one_line_error(run, 2, "--vae", file, "madebyollin")
