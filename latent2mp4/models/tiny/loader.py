@@ -29,7 +29,7 @@ from latent2mp4.weights import Reader, channels_last, offenders, open_tensors
 if TYPE_CHECKING:
     from latent2mp4.models.family import StreamModule
 
-__all__ = ["TINY_BYTES_PER_PIXEL", "download_hint", "load_tiny"]
+__all__ = ["TINY_BYTES_PER_PIXEL", "download_hint", "load_tiny", "tiny_config"]
 
 # Peak decode bytes per output pixel of one latent frame (fp32; measured VmHWM growth at 416x240),
 # for tiling decisions; the full VAEs take 10000-45000 (their presets).
@@ -93,7 +93,8 @@ def _decoder_entries(
     return ours
 
 
-def _config(shapes: dict[str, tuple[int, ...]], where: str) -> TinyConfig | TaesdConfig:
+def tiny_config(shapes: dict[str, tuple[int, ...]], where: str) -> TinyConfig | TaesdConfig:
+    """The layout and widths `decoder.N.*` tensor shapes describe (WeightsError if none)."""
     layouts: list[tuple[int, Callable[[dict[str, tuple[int, ...]]], TinyConfig | TaesdConfig]]]
     layouts = [(TAEHV_OUT, TinyConfig.from_shapes), (TAESD_OUT, TaesdConfig.from_shapes)]
     for out, read in layouts:
@@ -123,7 +124,7 @@ def load_tiny(
     where = str(path)
     entries = _decoder_entries(open_tensors((path,)), where, download_hint(preset))
     shapes = {k: s for k, (s, _) in entries.items()}
-    config = _config(shapes, where)
+    config = tiny_config(shapes, where)
     _check_fit(config, preset, where)
     with torch.device("meta"):
         module = TinyDecoder(config, preset.frames_out)
