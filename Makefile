@@ -51,6 +51,8 @@ wheel-check: install
 	$(PYTHON) -m venv $(WHEEL_DIR)/venv
 	$(WHEEL_DIR)/venv/bin/python -m pip install -q "$(TORCH)" $(WHEEL_DIR)/latent2mp4-*.whl
 	$(PY) scripts/make_sample.py $(WHEEL_DIR)/sample.safetensors --model wan
+	cd $(WHEEL_DIR) && venv/bin/python -c "import latent2mp4; print(latent2mp4.__file__)" \
+		| grep -q site-packages
 	cd $(WHEEL_DIR) && venv/bin/latent2mp4 presets >presets.txt && grep -q "wan2.2" presets.txt
 	cd $(WHEEL_DIR) && venv/bin/latent2mp4 decode sample.safetensors -m wan --decoder preview \
 		-o sample.mp4 && test -s sample.mp4
