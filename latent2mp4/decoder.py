@@ -20,7 +20,7 @@ from torch import Tensor
 from latent2mp4 import __version__
 from latent2mp4.audio import AudioModels, audio_loader, audio_track
 from latent2mp4.device import pick_device, pick_dtype
-from latent2mp4.engine import StreamDecoder, decode_stream
+from latent2mp4.engine import LatentSource, StreamDecoder, decode_stream
 from latent2mp4.errors import DecodeError, UsageError
 from latent2mp4.frames import prefetch, to_frames
 from latent2mp4.latents import (
@@ -35,7 +35,8 @@ from latent2mp4.latents import (
 from latent2mp4.memory import return_large_buffers_to_the_os
 from latent2mp4.models.family import Conditioning, NoiseMix
 from latent2mp4.models.preview import PreviewDecoder
-from latent2mp4.models.tiny.taehv import load_tiny
+from latent2mp4.models.tiny.loader import load_tiny
+from latent2mp4.modes import stream_pieces
 from latent2mp4.pipeline import (
     DecodeOptions,
     Job,
@@ -307,16 +308,27 @@ class Decoder:
         mix = None
         if self._condition is not None:
             module, mix = self._condition(video.batch, _LatentReader(job, video, prepare).shape)
-        yield from decode_stream(
-            module,
-            _LatentReader(job, video, prepare, mix),
-            job.grid,
-            self.device,
-            self.dtype,
-            job.chunk_frames,
-            job.segments,
-            job.frames if job.segments else None,  # a segmented pipeline's trim (Helios)
-        )
+        reader = _LatentReader(job, video, prepare, mix)
+
+        def clip(source: LatentSource) -> Iterator[Tensor]:
+            return decode_stream(
+                module,
+                source,
+                job.grid,
+                self.device,
+                self.dtype,
+                job.chunk_frames,
+                job.segments,
+                job.frames if job.segments else None,  # a segmented pipeline's trim (Helios)
+            )
+
+        mode = job.preset.decode_mode
+        if mode is None:
+            yield from clip(reader)
+        else:  # parts decoded as separate clips, their pixels joined (modes.py)
+            yield from stream_pieces(
+                clip, reader, mode.pieces(reader.shape[2], job.preset.temporal_ratio)
+            )
 
     def run(
         self, job: Job, opts: DecodeOptions, progress: ProgressFn | None = None

@@ -28,7 +28,7 @@ from latent2mp4.latents import (
 from latent2mp4.memory import chunk_frames, return_large_buffers_to_the_os
 from latent2mp4.models.family import TimestepSettings
 from latent2mp4.models.registry import get_family
-from latent2mp4.models.tiny.taehv import TINY_BYTES_PER_PIXEL, download_hint
+from latent2mp4.models.tiny.loader import TINY_BYTES_PER_PIXEL, download_hint
 from latent2mp4.options import DecodeOptions
 from latent2mp4.packed import VideoSize
 from latent2mp4.presets import Preset, builtin_presets, load_preset
@@ -252,6 +252,14 @@ def plan_latents(
         raise InputError(
             f"{path}: frames would be {w}x{h}; video encoders stop at {MAX_FRAME_SIDE} px"
         )
+    if preset.decode_mode is not None:  # refused before any output exists
+        try:
+            pieces = preset.decode_mode.pieces(sel.view.shape[3], preset.temporal_ratio)
+        except ValueError as e:
+            mode = preset.decode_mode.kind
+            raise InputError(f"{path}: {preset.name} decodes as {mode}: {e}") from None
+        if len(pieces) > 1:
+            notes += (f"{preset.decode_mode.kind} decode: {len(pieces)} clips, as the pipeline",)
     device = pick_device(opts.device)
     dtype = (
         torch.float32

@@ -13,6 +13,7 @@ from latent2mp4.clips import ClipPlan
 from latent2mp4.engine import Segments, TileGrid
 from latent2mp4.errors import UsageError
 from latent2mp4.models.registry import get_family, get_sound
+from latent2mp4.modes import DecodeMode
 from latent2mp4.normalization import Normalization
 
 # Inside the package, so an installed wheel has them; the repository's configs/ links here.
@@ -133,6 +134,9 @@ class Preset:
     # The pipeline decodes independent segments of latent frames (SVD's decode_chunk_size
     # windows, Helios' chunks); None: one clip. `--decode-chunk-size` sets their length.
     segments: Segments | None = None
+    # The pipeline decodes parts of the clip separately, some overlapping or reordered, and
+    # joins the pixels (modes.py: ChronoEdit, FramePack); None: no such mode
+    decode_mode: DecodeMode | None = None
 
     @property
     def tiny_variant(self) -> tuple[int, int, int]:
@@ -220,6 +224,9 @@ class Preset:
                 tile_cover=bool(d["tiling"].get("cover", False)),
                 tile_always=bool(d["tiling"].get("always", False)),
                 segments=_segments(d["segments"]) if "segments" in d else None,
+                decode_mode=(
+                    DecodeMode.from_mapping(d["decode_mode"]) if "decode_mode" in d else None
+                ),
             )
         except KeyError as e:
             raise UsageError(f"{path}: preset is missing the key {e}") from None
@@ -230,6 +237,8 @@ class Preset:
 
     def _check(self) -> None:
         where = self.source or self.name
+        if self.segments is not None and self.decode_mode is not None:
+            raise UsageError(f"{where}: segments and decode_mode cannot both be set")
         if self.comfy_layout not in LAYOUT_AXES:
             raise UsageError(f"{where}: comfyui_layout must be one of {', '.join(LAYOUT_AXES)}")
         if self.layout not in LAYOUT_AXES:
@@ -284,7 +293,7 @@ class Preset:
 PRESET_KEYS = frozenset(
     "name aliases description family latent_channels spatial_ratio temporal_ratio layout "
     "frames_rule fps normalization hub tiling dtype preview memory front_pad_multiple tiny "
-    "latent_space packed decode audio clips segments".split()
+    "latent_space packed decode audio clips segments decode_mode".split()
 )
 
 

@@ -687,19 +687,29 @@ def input_scale(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str,
 
 
 def make_tiny(name: str, workdir: Path) -> Path:
-    """A taehv-layout checkpoint for the family's preset, seeded default init, saved once."""
+    """The preset's tiny-decoder checkpoint at the released widths (seeded default init), saved
+    once: the taehv layout (taem1's for Mochi's 6x time), or taesd's (TAESDV for SVD) for the
+    one-frame-per-latent presets."""
     import torch
     from safetensors.torch import save_file
 
     from latent2mp4 import load_preset
-    from latent2mp4.models.tiny.taehv import TinyConfig, TinyDecoder
+    from latent2mp4.models.tiny.blocks import Layout, TinyDecoder
+    from latent2mp4.models.tiny.taehv import TinyConfig
+    from latent2mp4.models.tiny.taesd import TaesdConfig
 
-    channels, patch, t_up = load_preset(FAMILIES[name].preset).tiny_variant
-    path = workdir / "models" / f"{name}-taehv-{channels}ch.safetensors"
+    preset = load_preset(FAMILIES[name].preset)
+    channels, patch, t_up = preset.tiny_variant
+    path = workdir / "models" / f"{name}-tiny-{channels}ch.safetensors"
     if not path.is_file():
         torch.manual_seed(0)
-        strides = (1, 2, 2) if t_up == 4 else (2, 2, 2)
-        decoder = TinyDecoder(TinyConfig(channels, patch, strides))
+        strides = {1: None, 4: (1, 2, 2), 6: (1, 2, 3), 8: (2, 2, 2)}[t_up]
+        cfg: Layout = (
+            TaesdConfig(channels, memory=preset.family == "svd")
+            if strides is None
+            else TinyConfig(channels, patch, strides)
+        )
+        decoder = TinyDecoder(cfg)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in decoder.state_dict().items()}, str(path))
     return path
@@ -714,7 +724,8 @@ def count_macs(name: str, vae: Path, tiny: Path, size: tuple[int, int, int]) -> 
     from latent2mp4 import load_preset
     from latent2mp4.engine import decode_stream
     from latent2mp4.models.registry import get_family
-    from latent2mp4.models.tiny.taehv import TinyConfig, TinyDecoder
+    from latent2mp4.models.tiny.blocks import TinyDecoder
+    from latent2mp4.models.tiny.loader import tiny_config
 
     preset = load_preset(FAMILIES[name].preset)
     family = get_family(preset.family)
@@ -722,7 +733,7 @@ def count_macs(name: str, vae: Path, tiny: Path, size: tuple[int, int, int]) -> 
     with safe_open(str(tiny), framework="pt") as f:
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     with torch.device("meta"):
-        decoders = (family.build(config), TinyDecoder(TinyConfig.from_shapes(shapes)))
+        decoders = (family.build(config), TinyDecoder(tiny_config(shapes, str(tiny))))
     z = torch.empty(1, preset.latent_channels, *size, device="meta")
     macs = []
     for decoder in decoders:

@@ -428,11 +428,17 @@ def sd_checks(report: Callable[..., None]) -> None:
 def tiny_checks(report: Callable[..., None]) -> None:
     from safetensors.torch import save_file
 
-    from latent2mp4.models.tiny.taehv import TinyConfig, TinyDecoder, load_tiny
+    from latent2mp4.models.tiny.blocks import Layout
+    from latent2mp4.models.tiny.loader import load_tiny
+    from latent2mp4.models.tiny.taehv import TinyConfig, TinyDecoder
+    from latent2mp4.models.tiny.taesd import TaesdConfig
 
-    cases = [
+    cases: list[tuple[str, Layout]] = [
         ("wan", TinyConfig()),
         ("wan2.2", TinyConfig(48, 2, (1, 2, 2), (512, 256, 128, 64), True)),
+        ("mochi", TinyConfig(12, 1, (1, 2, 3))),  # TAEM1
+        ("animatediff", TaesdConfig()),  # TAESD
+        ("svd", TaesdConfig(memory=True)),  # TAESDV
     ]
     for model, cfg in cases:
         preset = load_preset(model)
@@ -459,7 +465,8 @@ def tiny_checks(report: Callable[..., None]) -> None:
             p = psnr(to8(outs[torch.float16]), to8(ref))
             report(f"{name}: fp16 cuda vs fp32 cpu PSNR", p, p >= 35, " dB")
             src, out = Path(tmp) / "z.safetensors", Path(tmp) / "out.mkv"
-            save_latents(src, z, model=model, latent_space="model")
+            stored = z.transpose(1, 2) if preset.layout == "BFCHW" else z  # SVD: (B, F, C, h, w)
+            save_latents(src, stored, model=model, latent_space="model")
             decode_file(src, DecodeOptions(vae=str(path), decoder="tiny", device="cuda", out=out,
                                            lossless=True))  # fmt: skip
             frames = read_video(out)[0]

@@ -30,6 +30,17 @@ FPS = {
     "zeroscope": 10,
     "svd": 7,
     "helios": 24,
+    "lucy-edit": 24,
+    "motif-video": 24,
+    "anyflow": 16,
+    "chronoedit": 16,
+    "cosmos-predict2.5": 16,
+    "cosmos-transfer2.5": 30,
+    "longcat-video": 15,
+    "consisid": 8,
+    "sana-wm": 16,
+    "framepack": 30,
+    "framepack-f1": 30,
 }
 
 

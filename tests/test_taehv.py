@@ -24,7 +24,8 @@ from safetensors.torch import load_file, save_file
 
 from latent2mp4.engine import TileGrid, decode_stream
 from latent2mp4.latents import denormalise
-from latent2mp4.models.tiny.taehv import TinyConfig, TinyDecoder, load_tiny
+from latent2mp4.models.tiny.loader import load_tiny
+from latent2mp4.models.tiny.taehv import TinyConfig, TinyDecoder
 from latent2mp4.presets import CONFIG_DIR, load_preset
 from latent2mp4.video import read_video
 
@@ -49,6 +50,10 @@ TAEHV15 = Variant("taehv1_5", 32, 2, (1, 2, 2))
 TAELTX2 = Variant("taeltx_2", 128, 4, (2, 2, 2))
 TAEW22_SUPER = Variant("taew2_2_super", 48, 2, (1, 2, 2), super_=True)
 TAEH3 = Variant("taeh3", 24, 2, (1, 2, 2))
+# madebyollin/taem1's decoder is this base sequence, index for index (its MemBlock has an identity
+# skip at equal widths, its TGrow the same channel-group split), with strides (1, 2, 3), 12
+# channels, and `decode_video` dropping the first 5 frames: t_upscale - 1 again.
+TAEM1 = Variant("taem1", 12, 1, (1, 2, 3))
 WIDTHS = (24, 16, 8, 8)  # the released files have (256, 128, 64, 64), super (512, 256, 128, 64)
 
 
@@ -215,6 +220,8 @@ CASES = {
     "taehv1_5": Case(TAEHV15, "file:hunyuan1.5:32:16:4", 2, (3, 4)),
     "taeltx_2": Case(TAELTX2, "file:ltx2:128:32:8", 2, (2, 2)),
     "taeh3": Case(TAEH3, "minimax-h3", 12, (2, 3), batch=2),  # two whole clips and the tail
+    "taem1": Case(TAEM1, "mochi", 3, (3, 4), ".pth", batch=2),
+    "taem1-fp16": Case(TAEM1, "mochi", 2, (3, 3), half=True),
 }
 
 
@@ -277,7 +284,8 @@ def test_vae_space_latents_are_normalised_first(tmp_path: Path, cli) -> None:
 
 
 @pytest.mark.parametrize(
-    ("model", "rule"), [("wan", "causal"), ("cogvideox", "paired"), ("ltx", "causal")]
+    ("model", "rule"),
+    [("wan", "causal"), ("cogvideox", "paired"), ("ltx", "causal"), ("mochi", "causal")],
 )
 @pytest.mark.parametrize("t", [1, 2, 3, 4, 5])
 def test_frame_counts_equal_the_full_vae(model: str, rule: str, t: int, tmp_path: Path) -> None:
@@ -286,7 +294,7 @@ def test_frame_counts_equal_the_full_vae(model: str, rule: str, t: int, tmp_path
         if model == "ltx"
         else load_preset(model)
     )
-    v = TAELTX2 if model == "ltx" else TAECVX
+    v = {"ltx": TAELTX2, "mochi": TAEM1}.get(model, TAECVX)
     cfg = TinyConfig(v.channels, v.patch, v.strides, WIDTHS)
     decoder = TinyDecoder(cfg, preset.frames_out).eval()
     z = latents((1, v.channels, t, 1, 1))
@@ -347,7 +355,7 @@ def test_not_a_tiny_checkpoint_is_one_line(tmp_path: Path, cli) -> None:
     save_file(sd, str(tmp_path / "broken.safetensors"))
     save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     save_file({"latents": latents((1, 16, 2, 4, 4))}, str(tmp_path / "z.safetensors"))
-    for vae, what in (("broken", "decoder.4.conv.2.bias"), ("other", "not a taehv")):
+    for vae, what in (("broken", "decoder.4.conv.2.bias"), ("other", "not a tiny autoencoder")):
         run = cli(
             "decode", tmp_path / "z.safetensors", "-m", "wan", "--decoder", "tiny",
             "--vae", tmp_path / f"{vae}.safetensors", "-o", tmp_path / "o.mp4",

@@ -1,4 +1,4 @@
-"""Tiny video decoders of madebyollin/taehv, weight-compatible with its released checkpoints.
+"""Tiny video decoders of madebyollin/taehv (and taem1), weight-compatible with their checkpoints.
 
 TAEHV (HunyuanVideo), TAEW2.1 (Wan 2.1), TAECVX (CogVideoX), TAEW2.2 (Wan 2.2 5B), TAEHV1.5
 (HunyuanVideo 1.5), TAELTX-2 and the wider "_super" decoders share one design: 2-D convs applied
@@ -7,51 +7,40 @@ all temporal logic. A memory block convolves each frame's features together with
 frame's (its input one step earlier, zeros before the first frame), a temporal grow (`TGrow`)
 turns one frame into `stride` frames through a 1x1 conv, and a final pixel shuffle undoes the
 patch size. The checkpoint is one flat `nn.Sequential` (`decoder.N.*` keys); ours repeats it, so
-the variant and its widths are read off the tensors, never the file name.
+the variant and its widths are read off the tensors, never the file name. TAEM1 (Mochi 1,
+madebyollin/taem1) is the base layout with 12 latent channels and temporal strides (1, 2, 3).
 
-The decoder consumes model-space latents (no de-normalisation) and outputs [0, 1]. The reference
-(`taehv.py` `TAEHV.decode_video`) drops the first `t_upscale - 1` frames, except for CogVideoX with
-an even latent count; here the drop is whatever makes the count equal the full VAE's
-(`Preset.frames_out`), which gives both rules. For MiniMax-H3 (taeh3) the reference decodes the
-whole clip and then drops the first `t_upscale - 1` frames of every `chunk · t_upscale`-frame
-clip (the preset's clip plan); with the pipeline's 5n+2 latents that is 17n+5 frames, the full
-VAE's count. (For other latent counts the reference pads with black frames or cuts real ones to
-17·⌈4T/20⌉ − 12; here the real frames are kept, which is again the full VAE's count.)
+The decoder consumes model-space latents (no de-normalisation; TAEM1 has Mochi's
+latent transforms baked in) and outputs [0, 1]. The reference (`taehv.py` `TAEHV.decode_video`)
+drops the first `t_upscale - 1` frames, except for CogVideoX with an even latent count, and
+`taem1.py` always drops 5; here the drop is whatever makes the count equal the full VAE's
+(`Preset.frames_out`), which gives all three rules. For MiniMax-H3 (taeh3) the
+reference decodes the whole clip and then drops the first `t_upscale - 1` frames of every
+`chunk · t_upscale`-frame clip (the preset's clip plan); with the pipeline's 5n+2 latents that is
+17n+5 frames, the full VAE's count (for other latent counts the reference pads with black frames
+or cuts real ones; here the real frames are kept, again the full VAE's count).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latent2mp4.clips import ClipPlan
-from latent2mp4.engine import Chunk
-from latent2mp4.errors import WeightsError
-from latent2mp4.presets import Preset, builtin_presets
-from latent2mp4.weights import channels_last, offenders, open_tensors
+from latent2mp4.models.tiny.blocks import IMAGE_CHANNELS, Clamp, MemBlock, TinyDecoder, conv3
 
-if TYPE_CHECKING:
-    from latent2mp4.models.family import StreamModule
-
-__all__ = ["TinyConfig", "TinyDecoder", "TinyState", "load_tiny"]
+__all__ = ["TinyConfig", "TinyDecoder"]
 
 STAGES = 3  # each doubles height and width
-IMAGE_CHANNELS = 3
 # Checkpoint indices of the first temporal grow and the stride between stages: base decoders
 # have 6 blocks per stage after a 3-block stem, "_super" ones 7 after a 1-block stem.
 BASE_TGROW, BASE_STEP = 7, 6
 SUPER_TGROW, SUPER_STEP = 7, 7
 OUT_INDEX = 22  # the final conv in both layouts
-# Peak decode bytes per output pixel of one latent frame (fp32; measured VmHWM growth at 416x240),
-# for tiling decisions; the full VAEs take 10000-45000 (their presets).
-TINY_BYTES_PER_PIXEL = 4000
+TIME_STRIDES = (1, 2, 3)  # a stage's temporal grow: x1, x2 (taehv) or x3 (taem1's last stage)
 
 
 @dataclass(frozen=True)
@@ -96,41 +85,23 @@ class TinyConfig:
         else:
             widths = (stem[0], *(shapes[f"decoder.{8 + s * step}.weight"][0] for s in range(3)))
         strides = tuple(g[0] // g[1] for g in grows)
-        if any(g[0] % g[1] or st not in (1, 2) for g, st in zip(grows, strides, strict=True)):
-            raise ValueError(f"temporal grow shapes {[tuple(g[:2]) for g in grows]} are not x1/x2")
+        bad = [g[0] % g[1] or st not in TIME_STRIDES for g, st in zip(grows, strides, strict=True)]
+        if any(bad):
+            raise ValueError(f"temporal grow shapes {[tuple(g[:2]) for g in grows]} are not x1-x3")
         out = shapes[f"decoder.{OUT_INDEX}.weight"][0]
         patch = math.isqrt(out // IMAGE_CHANNELS)
         if IMAGE_CHANNELS * patch**2 != out:
             raise ValueError(f"output conv has {out} channels, not 3 x a square patch")
         return cls(stem[1], patch, strides, widths, sup)
 
-
-def conv3(n_in: int, n_out: int, bias: bool = True) -> nn.Conv2d:
-    return nn.Conv2d(n_in, n_out, 3, padding=1, bias=bias)
-
-
-class Clamp(nn.Module):
-    """Soft clamp of the latents to (-3, 3)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.tanh(x / 3) * 3
-
-
-class MemBlock(nn.Module):
-    """Three 3x3 convs over (frame, previous frame) features, a residual and a ReLU."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        relu = nn.ReLU(inplace=True)  # on fresh conv outputs only
-        self.conv = nn.Sequential(conv3(2 * n, n), relu, conv3(n, n), relu, conv3(n, n))
-
-    def forward(self, x: Tensor, past: Tensor) -> Tensor:
-        y = self.conv(torch.cat([x, past], 1))
-        return y.add_(x).relu_()
+    def layers(self) -> list[nn.Module]:
+        return _layers(self)
 
 
 class SuperMemBlock(nn.Module):
     """The "_super" memory block: 7x7 depthwise conv, then an inverted 1x1 bottleneck."""
+
+    remembers = True  # forward takes the previous frame's input too
 
     def __init__(self, n: int) -> None:
         super().__init__()
@@ -182,157 +153,3 @@ def _layers(cfg: TinyConfig) -> list[nn.Module]:
         layers += [MemBlock(n[s]) for _ in range(3)]
         layers += [nn.Upsample(scale_factor=2), TGrow(n[s], t[s]), conv3(n[s], n[s + 1], False)]
     return [*layers, relu, out]
-
-
-@dataclass
-class TinyState:
-    """Causal state of one spatial tile: each memory block's last input frame, by block index."""
-
-    memory: dict[int, Tensor] = field(default_factory=dict)
-
-
-class TinyDecoder(nn.Module):
-    """Implements the engine's StreamDecoder on model-space latents.
-
-    Output before `finalize` is `(B, 3, f, H, W)` in the reference's [0, 1] scale (unclamped).
-    `frames_out(T)` is the full VAE's frame count, which the leading drop reproduces.
-    """
-
-    input_space = "model"
-
-    def __init__(
-        self,
-        config: TinyConfig,
-        frames_out: Callable[[int], int] | None = None,
-        clips: ClipPlan | None = None,
-    ) -> None:
-        super().__init__()
-        self.config = config
-        self.clips = clips
-        self.decoder = nn.Sequential(*_layers(config))
-        t_up = config.t_upscale
-        self.frames_out = frames_out or (lambda t: 1 + t_up * (t - 1))
-
-    @property
-    def upscale(self) -> int:
-        return self.config.upscale
-
-    def time_chunks(self, num_frames: int, max_frames: int = 1) -> list[Chunk]:
-        # Every frame depends only on earlier ones, so any split gives the same frames.
-        if self.clips is not None:  # one chunk per clip, its leading frames dropped
-            n, cut = self.clips.chunk, self.config.t_upscale - 1
-            return [Chunk(s, min(s + n, num_frames), cut) for s in range(0, num_frames, n)]
-        drop = self.config.t_upscale * num_frames - self.frames_out(num_frames)
-        assert 0 <= drop < self.config.t_upscale, (num_frames, drop)
-        starts = range(0, num_frames, max_frames)
-        return [Chunk(s, min(s + max_frames, num_frames), drop if s == 0 else 0) for s in starts]
-
-    def new_state(self) -> TinyState:
-        return TinyState()
-
-    def decode_chunk(self, z: Tensor, state: object) -> Tensor:
-        assert isinstance(state, TinyState)
-        b, c, t, h, w = z.shape
-        x = z.transpose(1, 2).reshape(b * t, c, h, w).contiguous(memory_format=torch.channels_last)
-        for i, block in enumerate(self.decoder):
-            if isinstance(block, MemBlock | SuperMemBlock):
-                x = block(x, _past(x, b, state.memory, i))
-            else:
-                x = block(x)
-        if self.config.patch_size > 1:
-            x = F.pixel_shuffle(x, self.config.patch_size)
-        return x.unflatten(0, (b, -1)).transpose(1, 2)
-
-    def finalize(self, x: Tensor) -> Tensor:
-        # The reference's frames are clamp(0, 1) * 255, rounded. Rounding here onto the 256 levels
-        # k / 127.5 - 1 lets our quantiser ((x + 1) * 127.5, rounded) land on exactly k.
-        levels = (x.float().clamp(0.0, 1.0) * 255.0).round_()
-        return levels / 127.5 - 1.0
-
-
-def _past(x: Tensor, batch: int, memory: dict[int, Tensor], index: int) -> Tensor:
-    """Each frame's previous frame, the first one's from the previous chunk (zeros at the start);
-    keeps this chunk's last frames for the next. Frames stay `(B*t, C, H, W)` channels-last."""
-    t = x.shape[0] // batch
-    prev = memory.get(index)
-    if prev is None:
-        prev = torch.zeros_like(x[:batch])
-    if t == 1:  # one frame per chunk: no copies (nothing writes into a block's input)
-        memory[index] = x
-        return prev
-    memory[index] = x[t - 1 :: t].clone()
-    parts = [p for b in range(batch) for p in (prev[b : b + 1], x[b * t : (b + 1) * t - 1])]
-    return torch.cat(parts, 0)
-
-
-# ---- loading ----------------------------------------------------------------------------------
-
-
-def download_hint(preset: Preset) -> str:
-    if preset.tiny is None:
-        return f"no tiny decoder is known for {preset.name}"
-    return f"download {preset.tiny.file} from {preset.tiny.url}"
-
-
-def _variant_text(v: tuple[int, int, int]) -> str:
-    return f"{v[0]} latent channels, patch {v[1]}, {v[2]}x time"
-
-
-def _check_fit(cfg: TinyConfig, preset: Preset, where: str) -> None:
-    if cfg.variant == preset.tiny_variant:
-        return
-    fits = [p.name for p in builtin_presets().values() if p.tiny_variant == cfg.variant]
-    hint = f"use --model {' or '.join(fits)}" if fits else "no built-in preset fits it"
-    raise WeightsError(
-        f"{where}: a tiny decoder for {_variant_text(cfg.variant)}; --model {preset.name} needs "
-        f"{_variant_text(preset.tiny_variant)} ({hint}; for {preset.name}: {download_hint(preset)})"
-    )
-
-
-def load_tiny(
-    spec: str | None, preset: Preset, device: torch.device | str, dtype: torch.dtype
-) -> tuple[StreamModule, str]:
-    """Load a taehv checkpoint (`.pth` weights-only or `.safetensors`, fp16 or fp32) strictly.
-
-    Returns the decoder on `device` in `dtype` and a description for messages and metadata.
-    """
-    if spec is None:
-        raise WeightsError(f"--decoder tiny needs --vae FILE; {download_hint(preset)}")
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise WeightsError(f"{spec}: no such tiny decoder file; {download_hint(preset)}")
-    where = str(path)
-    entries = open_tensors((path,))
-    foreign = {k for k in entries if not k.startswith(("decoder.", "encoder."))}
-    if foreign or not any(k.startswith("decoder.") for k in entries):
-        found = f"unexpected tensors {offenders(foreign)}" if foreign else "no decoder.* tensors"
-        raise WeightsError(
-            f"{where}: not a taehv tiny autoencoder ({found}); {download_hint(preset)}"
-        )
-    shapes = {k: s for k, (s, _) in entries.items() if k.startswith("decoder.")}
-    try:
-        config = TinyConfig.from_shapes(shapes)
-    except (KeyError, ValueError) as e:
-        raise WeightsError(f"{where}: not a known tiny decoder layout ({e})") from None
-    _check_fit(config, preset, where)
-    with torch.device("meta"):
-        module = TinyDecoder(config, preset.frames_out, preset.clip_plan)
-    expected = {f"decoder.{k}": tuple(v.shape) for k, v in module.decoder.state_dict().items()}
-    missing, unexpected = set(expected) - set(shapes), set(shapes) - set(expected)
-    wrong = {f"{k} {shapes[k]}≠{v}" for k, v in expected.items() if shapes.get(k, v) != v}
-    if missing or unexpected or wrong:
-        what = (
-            f"lacks {offenders(missing)}"
-            if missing
-            else f"has unexpected {offenders(unexpected)}"
-            if unexpected
-            else f"has wrong shapes {offenders(wrong)}"
-        )
-        raise WeightsError(f"{where}: the {config.describe()} {what}")
-    state = {}
-    for key in expected:
-        t = entries[key][1]().to(device=device, dtype=dtype)
-        state[key] = channels_last(t)
-    module.load_state_dict(state, strict=True, assign=True)
-    module.eval()
-    return cast("StreamModule", module), f"{where} ({config.describe()})"
