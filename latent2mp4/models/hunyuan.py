@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from latent2mp4.engine import Chunk
 from latent2mp4.models.family import Family, Shapes
+from latent2mp4.models.layers import squeeze_conv_weights
 
 # diffusers' temporal tiling defaults (autoencoder_kl_hunyuan_video.py, `use_framewise_decoding`
 # is on by default): tiles of 16 sample frames placed every 12.
@@ -149,17 +150,6 @@ class ResnetBlock(nn.Module):
         return h.add_(x if self.conv_shortcut is None else self.conv_shortcut(x))
 
 
-def _squeeze_conv_weights(
-    module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *_: object
-) -> None:
-    # ComfyUI saves q/k/v/proj_out as 1x1x1 conv weights [C, C, 1, 1, 1]; ours are Linear.
-    for name in ("to_q", "to_k", "to_v", "to_out.0"):
-        key = f"{prefix}{name}.weight"
-        w = state_dict.get(key)
-        if w is not None and w.ndim == 5:
-            state_dict[key] = w.reshape(w.shape[:2])
-
-
 class BlockCausalAttention(nn.Module):
     """One head over all T*h*w positions; a query in frame f sees keys in frames <= f."""
 
@@ -170,7 +160,7 @@ class BlockCausalAttention(nn.Module):
         self.to_k = nn.Linear(channels, channels)
         self.to_v = nn.Linear(channels, channels)
         self.to_out = nn.ModuleList([nn.Linear(channels, channels)])
-        self.register_load_state_dict_pre_hook(_squeeze_conv_weights)
+        self.register_load_state_dict_pre_hook(squeeze_conv_weights)
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, t, h, w = x.shape

@@ -47,3 +47,15 @@ def padded_buffer(like: Tensor, history: int) -> tuple[Tensor, Tensor]:
         memory_format=torch.channels_last_3d,
     )
     return buf, buf[:, :, history:, 1:-1, 1:-1]
+
+
+def squeeze_conv_weights(
+    module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *_: object
+) -> None:
+    """A `load_state_dict` pre-hook for attention blocks whose q/k/v/out projections are Linear
+    here but 1x1 (2-D) or 1x1x1 (3-D) conv weights in the original and ComfyUI files."""
+    for name in ("to_q", "to_k", "to_v", "to_out.0"):
+        key = f"{prefix}{name}.weight"
+        w = state_dict.get(key)
+        if w is not None and w.ndim > 2:
+            state_dict[key] = w.reshape(w.shape[:2])

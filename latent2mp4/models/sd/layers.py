@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latent2mp4.models.family import Shapes
+from latent2mp4.models.layers import squeeze_conv_weights
 
 NORM_EPS = 1e-6  # every GroupNorm of the SD decoder (diffusers resnet_eps and the attention's)
 
@@ -36,17 +37,6 @@ class ResnetBlock2D(nn.Module):
         return h.add_(x if self.conv_shortcut is None else self.conv_shortcut(x))
 
 
-def _squeeze_conv_weights(
-    module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *_: object
-) -> None:
-    # The LDM originals store q/k/v/proj_out as 1x1 conv weights [C, C, 1, 1]; ours are Linear.
-    for name in ("to_q", "to_k", "to_v", "to_out.0"):
-        key = f"{prefix}{name}.weight"
-        w = state_dict.get(key)
-        if w is not None and w.ndim == 4:
-            state_dict[key] = w.reshape(w.shape[:2])
-
-
 class Attention2D(nn.Module):
     """One head over the h*w positions of each image, with a residual (diffusers `Attention`
     as the VAE mid block builds it: group norm first, biases everywhere)."""
@@ -58,7 +48,7 @@ class Attention2D(nn.Module):
         self.to_k = nn.Linear(channels, channels)
         self.to_v = nn.Linear(channels, channels)
         self.to_out = nn.ModuleList([nn.Linear(channels, channels)])
-        self.register_load_state_dict_pre_hook(_squeeze_conv_weights)
+        self.register_load_state_dict_pre_hook(squeeze_conv_weights)
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
