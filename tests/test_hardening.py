@@ -137,7 +137,9 @@ CATALOGUE: dict[str, Bad] = {
     "pickle renamed to .safetensors": Bad(_pickle, 1, "PyTorch pickle"),
     "wrong ndim": Bad(lambda t: _latent(t, torch.zeros(16, 4, 4)), 1, "expected (C,F,H,W)"),
     "wrong channel count": Bad(
-        lambda t: _latent(t, torch.zeros(48, 2, 4, 4)), 1, "did you mean lucy-edit or wan2.2"
+        lambda t: _latent(t, torch.zeros(48, 2, 4, 4)),
+        1,
+        "did you mean cosmos3 or lucy-edit or wan2.2",
     ),
     "integer dtype": Bad(
         lambda t: _latent(t, torch.zeros(16, 2, 4, 4, dtype=torch.int64)), 1, "int64"

@@ -177,7 +177,8 @@ def test_comfyui_files_are_channels_first_whatever_the_preset(tmp_path):
         (torch.full((16, 2, 4, 4), float("nan")), "NaN/Inf"),
         (
             torch.zeros(48, 2, 4, 4),
-            "48 channels; --model wan expects 16 \\(did you mean lucy-edit or wan2.2\\?\\)",
+            "48 channels; --model wan expects 16 "
+            "\\(did you mean cosmos3 or lucy-edit or wan2.2\\?\\)",
         ),
     ],
 )

@@ -339,7 +339,7 @@ def test_wan2_2_checkpoint_with_wan_names_the_right_preset(tmp_path: Path, cli) 
         "decode", tmp_path / "z.safetensors", "-m", "wan", "--decoder", "tiny",
         "--vae", tmp_path / "taew2_2.safetensors", "-o", out,
     )  # fmt: skip
-    assert_one_line_error(run, 1, "48 latent channels, patch 2", "--model wan2.2", "taew2_1")
+    assert_one_line_error(run, 1, "48 latent channels, patch 2", "wan2.2", "taew2_1")
     assert not list(tmp_path.glob("o*"))
 
 
