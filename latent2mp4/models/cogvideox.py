@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from latent2mp4.engine import Chunk
 from latent2mp4.models.family import Family, Shapes
+from latent2mp4.models.layers import check_latents
 
 # CogVideoXSpatialNorm3D (diffusers autoencoder_kl_cogvideox.py) builds its GroupNorm with a fixed
 # eps of 1e-6; the config's `norm_eps` only reaches the plain GroupNorms of the encoder.
@@ -320,11 +321,7 @@ class CogVideoXDecoder(nn.Module):
         """
         if not isinstance(state, CogVideoXState):
             raise TypeError(f"expected a CogVideoXState, got {type(state).__name__}")
-        if z.ndim != 5 or z.shape[1] != self.cfg.latent_channels:
-            raise ValueError(
-                f"latents have shape {tuple(z.shape)}; "
-                f"expected (B, {self.cfg.latent_channels}, t, h, w)"
-            )
+        check_latents(z, self.cfg.latent_channels)
         # Channels-last activations are the layout oneDNN/cuDNN convolve without reordering.
         return self.decoder(z.contiguous(memory_format=torch.channels_last_3d), state)
 

@@ -59,3 +59,9 @@ def squeeze_conv_weights(
         w = state_dict.get(key)
         if w is not None and w.ndim > 2:
             state_dict[key] = w.reshape(w.shape[:2])
+
+
+def check_latents(z: Tensor, channels: int) -> None:
+    """A decoder's own guard on what reaches `decode_chunk`: `(B, channels, t, h, w)`."""
+    if z.ndim != 5 or z.shape[1] != channels:
+        raise ValueError(f"latents have shape {tuple(z.shape)}; expected (B, {channels}, t, h, w)")

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from latent2mp4.engine import Chunk
 from latent2mp4.models.family import Family, Shapes
+from latent2mp4.models.layers import check_latents
 from latent2mp4.models.sd.layers import (
     NORM_EPS,
     Attention2D,
@@ -214,11 +215,7 @@ class SVDDecoder(nn.Module):
 
     def decode_chunk(self, z: Tensor, state: object) -> Tensor:
         """Latents `(B, C, F, h, w)` -> `(B, out_channels, F, up*h, up*w)`."""
-        if z.ndim != 5 or z.shape[1] != self.cfg.latent_channels:
-            raise ValueError(
-                f"latents have shape {tuple(z.shape)}; "
-                f"expected (B, {self.cfg.latent_channels}, F, h, w)"
-            )
+        check_latents(z, self.cfg.latent_channels)
         b, c, t, h, w = z.shape
         images = z.transpose(1, 2).reshape(b * t, c, h, w)
         return self.decoder(images.contiguous(memory_format=torch.channels_last), t)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from latent2mp4.engine import Chunk
 from latent2mp4.models.family import Family, Shapes
+from latent2mp4.models.layers import check_latents
 from latent2mp4.models.mochi.layers import GROUPS, MidBlock, MochiState, UpBlock, linear_cl
 from latent2mp4.models.mochi.naming import detect, is_original, rename_keys
 
@@ -207,11 +208,7 @@ class MochiDecoder(nn.Module):
     def decode_chunk(self, z: Tensor, state: object) -> Tensor:
         """Latents `(B, C, t, h, w)` -> `(B, out_channels, 6t, up*h, up*w)`; advances `state`."""
         assert isinstance(state, MochiState), type(state)
-        if z.ndim != 5 or z.shape[1] != self.cfg.latent_channels:
-            raise ValueError(
-                f"latents have shape {tuple(z.shape)}; "
-                f"expected (B, {self.cfg.latent_channels}, t, h, w)"
-            )
+        check_latents(z, self.cfg.latent_channels)
         # Channels-last activations are the layout oneDNN/cuDNN convolve without reordering.
         return self.decoder(z.contiguous(memory_format=torch.channels_last_3d), state)
 

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from latent2mp4.engine import Chunk
 from latent2mp4.models.family import Family, Shapes
+from latent2mp4.models.layers import check_latents
 from latent2mp4.models.sd.layers import (
     NORM_EPS,
     Attention2D,
@@ -188,11 +189,7 @@ class SDDecoder(nn.Module):
 
     def decode_chunk(self, z: Tensor, state: object) -> Tensor:
         """Latents `(B, C, t, h, w)` -> `(B, out_channels, t, up*h, up*w)`."""
-        if z.ndim != 5 or z.shape[1] != self.cfg.latent_channels:
-            raise ValueError(
-                f"latents have shape {tuple(z.shape)}; "
-                f"expected (B, {self.cfg.latent_channels}, t, h, w)"
-            )
+        check_latents(z, self.cfg.latent_channels)
         b, c, t, h, w = z.shape
         images = z.transpose(1, 2).reshape(b * t, c, h, w)
         # Channels-last activations are the layout oneDNN/cuDNN convolve without reordering.
