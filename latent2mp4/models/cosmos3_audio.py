@@ -17,10 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from latent2mp4.models.bigvgan import CHUNK_SECONDS, fold_weight_norm, windowed
-from latent2mp4.models.sound import Loadable, Part, SoundArchitecture, Weights
+from latent2mp4.models.sound import Loadable, Part, SoundArchitecture, Weights, hop_seconds
 
 if TYPE_CHECKING:
-    from latent2mp4.presets import AudioPreset
+    pass
 
 DILATIONS = (1, 3, 9)  # of the three residual units of every decoder block
 
@@ -163,17 +163,13 @@ def build(
     return sound, (Loadable(sound, entries, mapping),)
 
 
-def seconds(spec: AudioPreset, length: int) -> float:
-    return length * spec.samples_per_latent / spec.sample_rate
-
-
 SOUND = SoundArchitecture(
     name="cosmos3-audio",
     form="(B, C, T) or one clip's (C, T), as Cosmos 3's pipeline holds them",
     rank=3,
     unbatched=True,
     time_axis=2,
-    seconds=seconds,
+    seconds=hop_seconds,
     parts=(Part("vae", ("Cosmos3AVAEAudioTokenizer",)),),
     build=build,
 )

@@ -85,3 +85,8 @@ class Family:
     rename_for_config: Callable[[Any, Iterable[str]], dict[str, str]] | None = None
     # One-line notes a config calls for (an original file that decodes unlike diffusers).
     config_notes: Callable[[Any], tuple[str, ...]] | None = None
+
+
+def has_marker(keys: Collection[str], markers: Iterable[Iterable[str]]) -> bool:
+    """Whether `keys` hold every key of at least one marker set (a `Family.detect` body)."""
+    return any(all(k in keys for k in marker) for marker in markers)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latent2mp4.engine import Chunk
-from latent2mp4.models.family import Family, Shapes
+from latent2mp4.models.family import Family, Shapes, has_marker
 from latent2mp4.models.layers import squeeze_conv_weights
 
 # diffusers' temporal tiling defaults (autoencoder_kl_hunyuan_video.py, `use_framewise_decoding`
@@ -354,7 +354,7 @@ def rename_keys(keys: Iterable[str]) -> dict[str, str]:
 
 def detect(keys: Collection[str]) -> bool:
     """Whether `keys` hold a HunyuanVideo (v1) VAE in diffusers/Tencent or ComfyUI naming."""
-    return any(all(k in keys for k in marker) for marker in _MARKERS)
+    return has_marker(keys, _MARKERS)
 
 
 FAMILY = Family(

@@ -29,10 +29,10 @@ from latent2mp4.models.bigvgan import (
     windowed,
 )
 from latent2mp4.models.family import Shapes
-from latent2mp4.models.sound import Loadable, Part, SoundArchitecture, Weights
+from latent2mp4.models.sound import Loadable, Part, SoundArchitecture, Weights, hop_seconds
 
 if TYPE_CHECKING:
-    from latent2mp4.presets import AudioPreset
+    pass
 
 CLASS = "AutoencoderKLMiniMaxH3Audio"
 DILATIONS = ((1, 3, 5), (1, 3, 5), (1, 3, 5))  # the reference's fixed AMP dilations
@@ -160,17 +160,13 @@ def build(
     return sound, (Loadable(sound, entries, keys(entries)),)
 
 
-def seconds(spec: AudioPreset, length: int) -> float:
-    return length * spec.samples_per_latent / spec.sample_rate
-
-
 SOUND = SoundArchitecture(
     name="minimax-h3-audio",
     form="(B, 2, C, L) or one clip's stereo rows (2, C, L), as MiniMax-H3's blocks hold them",
     rank=4,
     unbatched=True,
     time_axis=3,
-    seconds=seconds,
+    seconds=hop_seconds,
     # The original release's config.json names no class: statistics and sample rate only.
     parts=(Part("vae", (CLASS, None)),),
     build=build,

@@ -73,3 +73,8 @@ class SoundArchitecture:
     seconds: Callable[[AudioPreset, int], float]
     parts: tuple[Part, ...]
     build: Build
+
+
+def hop_seconds(spec: AudioPreset, length: int) -> float:
+    """Seconds `length` latents decode to, for waveform decoders with a fixed hop per latent."""
+    return length * spec.samples_per_latent / spec.sample_rate

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latent2mp4.engine import Chunk
-from latent2mp4.models.family import Family, Shapes
+from latent2mp4.models.family import Family, Shapes, has_marker
 from latent2mp4.models.layers import check_latents
 from latent2mp4.models.sd.layers import (
     NORM_EPS,
@@ -268,7 +268,7 @@ _MARKERS = (
 
 def detect(keys: Collection[str]) -> bool:
     """Whether `keys` hold an SVD temporal decoder (diffusers or Stability/ComfyUI naming)."""
-    return any(all(k in keys for k in marker) for marker in _MARKERS)
+    return has_marker(keys, _MARKERS)
 
 
 FAMILY = Family(

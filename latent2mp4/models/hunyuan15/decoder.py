@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from latent2mp4.engine import Chunk
-from latent2mp4.models.family import Family, Shapes
+from latent2mp4.models.family import Family, Shapes, has_marker
 from latent2mp4.models.hunyuan15.layers import (
     CausalConv3d,
     Hunyuan15State,
@@ -249,7 +249,7 @@ def rename_keys(keys: Iterable[str]) -> dict[str, str]:
 
 def detect(keys: Collection[str]) -> bool:
     """Whether `keys` hold a HunyuanVideo 1.5 VAE in diffusers, Tencent or ComfyUI naming."""
-    return any(all(k in keys for k in marker) for marker in _MARKERS)
+    return has_marker(keys, _MARKERS)
 
 
 FAMILY = Family(

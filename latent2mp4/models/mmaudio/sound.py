@@ -18,10 +18,10 @@ from latent2mp4.models.bigvgan import (
     windowed,
 )
 from latent2mp4.models.mmaudio.vae import MelVae, MelVaeConfig
-from latent2mp4.models.sound import Loadable, Part, SoundArchitecture, Weights
+from latent2mp4.models.sound import Loadable, Part, SoundArchitecture, Weights, hop_seconds
 
 if TYPE_CHECKING:
-    from latent2mp4.presets import AudioPreset
+    pass
 
 # `MMAudioVocoder` config.json names → GeneratorConfig fields (diffusers' defaults below).
 VOCODER_NAMES = {
@@ -104,17 +104,13 @@ def build(
     return MelSound(vae, vocoder), loads
 
 
-def seconds(spec: AudioPreset, length: int) -> float:
-    return length * spec.samples_per_latent / spec.sample_rate
-
-
 SOUND = SoundArchitecture(
     name="mmaudio",
     form="(B, C, L) as Kandinsky6TI2VAPipeline(output_type='latent') returns them",
     rank=3,
     unbatched=False,
     time_axis=2,
-    seconds=seconds,
+    seconds=hop_seconds,
     parts=(Part("vae", ("MMAudioVAE",)), Part("vocoder", ("MMAudioVocoder",))),
     build=build,
 )

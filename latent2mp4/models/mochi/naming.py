@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection, Iterable
 
+from latent2mp4.models.family import has_marker
+
 # Genmo's original decoder (`decoder.safetensors`: `blocks.*`, `output_proj.*`) and ComfyUI's
 # Mochi VAE file (the same names under `decoder.`, plus `encoder.*`) -> diffusers names, as in
 # diffusers' scripts/convert_mochi_to_diffusers.py. `blocks.0` is conv_in and the first mid
@@ -63,7 +65,7 @@ _MARKERS = (
 
 def detect(keys: Collection[str]) -> bool:
     """Whether `keys` hold a Mochi VAE decoder in diffusers, Genmo or ComfyUI naming."""
-    return any(all(k in keys for k in marker) for marker in _MARKERS)
+    return has_marker(keys, _MARKERS)
 
 
 def is_original(keys: Iterable[str]) -> bool:

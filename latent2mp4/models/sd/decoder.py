@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latent2mp4.engine import Chunk
-from latent2mp4.models.family import Family, Shapes
+from latent2mp4.models.family import Family, Shapes, has_marker
 from latent2mp4.models.layers import check_latents
 from latent2mp4.models.sd.layers import (
     NORM_EPS,
@@ -246,7 +246,7 @@ def detect(keys: Collection[str]) -> bool:
     temporal one, whose resnets carry a time mixer."""
     if any(k.endswith("mix_factor") for k in keys):
         return False
-    return any(all(k in keys for k in marker) for marker in _MARKERS)
+    return has_marker(keys, _MARKERS)
 
 
 FAMILY = Family(
